@@ -1,0 +1,1 @@
+"""Built-in methods (installed as ``msabench.methods``)."""

@@ -1,0 +1,242 @@
+"""Command line: each command parses its arguments and calls one library function."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger("msabench")
+
+# modules that add a subcommand through ``add_command(subparsers)``
+COMMAND_MODULES = ("msabench.leaderboard", "msabench.plots", "msabench.tune")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def _csv_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers separated by commas, got {text!r}") from None
+
+
+# list -------------------------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    from msabench.plugins import DATASETS, METHODS, PROTOCOLS
+
+    registry = {"methods": METHODS, "protocols": PROTOCOLS, "datasets": DATASETS}[args.what]
+    rows = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = registry.available()
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    for name, cls in available.items():
+        info = registry.info(name)
+        row = {"name": name, "description": getattr(cls, "description", ""),
+               "package": f"{info.package} {info.version}"}
+        if args.what == "protocols":
+            row["conditions"] = " ".join(cls().conditions())
+        if args.what == "methods":
+            row["tasks"] = ",".join(sorted(getattr(cls, "tasks", [])))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    with pd.option_context("display.max_colwidth", 90, "display.width", 200):
+        print(frame.to_string(index=False) if not frame.empty else f"no {args.what}")
+    return 0
+
+
+# run --------------------------------------------------------------------------------------------------------------
+def load_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise CLIError(f"cannot read config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise CLIError(f"config {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"config {path} must be a mapping with keys like method, params, protocol")
+    allowed = {"method", "params", "dataset", "protocol", "seeds", "epochs", "protocol_params", "dataset_options",
+               "tag", "study"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise CLIError(f"config {path}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return data
+
+
+def build_request(args: argparse.Namespace):
+    from msabench.params import parse_assignments
+    from msabench.runner import DEFAULT_SEEDS, RunRequest
+
+    config = load_config(args.config) if args.config else {}
+    method = args.method or config.get("method")
+    if not method:
+        raise CLIError("no method given: use --method NAME (see 'msabench list methods') or --config FILE")
+    methods = _csv_list(method) if isinstance(method, str) else list(method)
+    params = dict(config.get("params") or {})
+    params.update(parse_assignments(args.set, "--set"))
+    protocol_params = dict(config.get("protocol_params") or {})
+    protocol_params.update(parse_assignments(args.protocol_option, "--protocol-option"))
+    dataset_options = dict(config.get("dataset_options") or {})
+    dataset_options.update(parse_assignments(args.dataset_option, "--dataset-option"))
+    dataset = args.dataset or config.get("dataset") or "synthetic-small"
+    seeds = args.seeds or config.get("seeds") or list(DEFAULT_SEEDS)
+    return RunRequest(
+        methods=methods,
+        datasets=_csv_list(dataset) if isinstance(dataset, str) else list(dataset),
+        protocol=args.protocol or config.get("protocol") or "random-missing",
+        seeds=[int(s) for s in seeds],
+        params=params,
+        protocol_params=protocol_params,
+        dataset_options=dataset_options,
+        epochs=args.epochs if args.epochs is not None else config.get("epochs"),
+        tag=args.tag or config.get("tag") or config.get("study") or "",
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from msabench.runner import ExecOptions, run_grid, summary_table
+
+    if args.deterministic:
+        from msabench.runner import set_deterministic
+
+        set_deterministic()
+    request = build_request(args)
+    options = ExecOptions(device=args.device, amp=not args.no_amp, deterministic=args.deterministic,
+                          save_predictions=args.save_predictions, save_model=args.save_model,
+                          progress=not args.quiet)
+    rows = run_grid(request, out=args.out, options=options, workers=args.workers, scheduler=args.scheduler)
+    rows = rows[rows["method"].isin(request.methods) & rows["protocol"].eq(request.protocol)] if not rows.empty else rows
+    table = summary_table(rows)
+    if not args.quiet and not table.empty:
+        table["value"] = table["mean"].map("{:.4f}".format) + " ± " + table["std"].fillna(0).map("{:.4f}".format)
+        wide = table.pivot_table(index=["method", "dataset"], columns="condition", values="value", aggfunc="first",
+                                 sort=False)
+        print(f"\n{table['metric'].iloc[0]} on the test split (mean ± std over seeds); rows in {args.out}/results.csv")
+        with pd.option_context("display.width", 250, "display.max_columns", 30):
+            print(wide.to_string())
+    return 0
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", help="method name(s), comma-separated, or package.module:Class")
+    p.add_argument("--protocol", help="missingness protocol (default random-missing); see 'msabench list protocols'")
+    p.add_argument("--dataset", help="dataset name(s) or FORMAT:PATH, comma-separated (default synthetic-small), "
+                                     "e.g. synthetic-mosi or mmsa:data/mosi.pkl")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE",
+                   help="loader option, e.g. text=bert for mmsa, seed=3 for synthetic sets (repeatable)")
+    p.add_argument("--protocol-option", action="append", metavar="KEY=VALUE",
+                   help="protocol parameter, e.g. rates=l=0.3,a=0.5,v=0.5 or train_recipe=frame+modality")
+    p.add_argument("--seeds", type=_seeds, help="comma-separated run seeds (default 1111,1112,1113,1114,1115)")
+    p.add_argument("--epochs", type=int, help="override the method's number of training epochs")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a method hyperparameter, e.g. --set lr=0.001 (repeatable)")
+    p.add_argument("--config", help="YAML config (method, params, dataset, protocol, seeds, epochs); "
+                                    "command-line options override it")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-amp", action="store_true", help="turn off mixed precision on CUDA (on by default)")
+    p.add_argument("--deterministic", action="store_true", help="also set the CUDA determinism switches")
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and evaluate methods under a protocol",
+                       description="Train each (method, dataset, seed) once under the protocol's training schedule, "
+                                   "select on the validation split, evaluate every condition on the test split.")
+    add_run_arguments(p)
+    p.add_argument("--out", default="runs", help="results directory (default runs/); finished runs are skipped")
+    p.add_argument("--save-predictions", action="store_true", help="write per-sample predictions per run")
+    p.add_argument("--save-model", action="store_true", help="write each run's inference model (model.pt)")
+    p.add_argument("--workers", type=int, default=1, help="parallel runs in local processes (default 1)")
+    p.add_argument("--scheduler", help="Dask scheduler: tcp://HOST:8786, or local:N for a LocalCluster of N workers")
+    p.add_argument("--tag", help="a label stored with every row (e.g. a tuning study name)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables, warnings only")
+    p.set_defaults(func=cmd_run)
+
+
+# masks ------------------------------------------------------------------------------------------------------------
+def cmd_masks(args: argparse.Namespace) -> int:
+    from msabench.masks import drop_statistics, mask_hash
+    from msabench.params import parse_assignments
+    from msabench.runner import load_dataset_cached, make_protocol
+
+    protocol = make_protocol(args.protocol, parse_assignments(args.protocol_option, "--protocol-option"))
+    dataset = load_dataset_cached(args.dataset, parse_assignments(args.dataset_option, "--dataset-option"))
+    split = dataset[args.split]
+    rows = []
+    for condition in protocol.conditions():
+        mask = protocol.mask(split, condition, dataset.fingerprint)
+        stats = drop_statistics(split, mask)
+        rows.append({"condition": condition, **{k: round(v, 4) for k, v in stats.items()}, "mask_hash": mask_hash(mask)})
+    print(f"protocol {protocol.name} v{protocol.version} {protocol.get_params()}; dataset {dataset.name} "
+          f"(fingerprint {dataset.fingerprint}), split {args.split}, {len(split)} samples")
+    print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def add_masks_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("masks", help="per-condition mask statistics and hashes",
+                       description="Print, per condition, the share of frames dropped per modality, the share of "
+                                   "samples missing a whole modality, and the mask hash to cite.")
+    p.add_argument("--protocol", required=True, help="protocol name")
+    p.add_argument("--dataset", default="synthetic-small", help="dataset name or FORMAT:PATH")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="loader option (repeatable)")
+    p.add_argument("--protocol-option", action="append", metavar="KEY=VALUE", help="protocol parameter (repeatable)")
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="split (default test)")
+    p.set_defaults(func=cmd_masks)
+
+
+# main -------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msabench", description="Benchmark for multimodal sentiment analysis "
+                                                                  "with missing modalities.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("list", help="list methods, protocols or datasets",
+                       description="List the registered plugins of one kind with their package.")
+    p.add_argument("what", choices=["methods", "protocols", "datasets"], help="which kind of plugin")
+    p.set_defaults(func=cmd_list)
+    add_run_parser(sub)
+    add_masks_parser(sub)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "add_command"):
+            module.add_command(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from msabench.data.base import DataError
+    from msabench.params import ParameterError
+    from msabench.registry import RegistryError
+    from msabench.runner import RunError
+    from msabench.store import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet = getattr(args, "quiet", False)
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, RunError, RegistryError, ParameterError, DataError, StoreError, FileNotFoundError) as exc:
+        print(f"msabench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""The runner: expand a request into runs, train each once, evaluate it under every condition, store rows.
+
+Each run (method, resolved hyperparameters, dataset, protocol, seed) trains once under the protocol's training
+schedule, selects its checkpoint on the validation split, and that one model is evaluated on the test and
+validation splits under every condition of the protocol. Finished runs are stored atomically and skipped when the
+same command runs again. Runs execute in process, in a local process pool (``workers``) or on a Dask cluster
+(``scheduler``); only this process writes the store.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import random
+import subprocess
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import msabench
+from msabench.data.base import MultimodalDataset
+from msabench.masks import derive_seed, mask_hash
+from msabench.method import FitContext, Method
+from msabench.metrics import compute_metrics
+from msabench.params import param_defaults, params_hash, resolve_params
+from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
+from msabench.protocol import EvalProtocol
+from msabench.registry import split_spec
+from msabench.store import ResultsStore, RunRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEEDS = (1111, 1112, 1113, 1114, 1115)
+
+
+class RunError(ValueError):
+    """A run request that cannot be carried out; raised before any training starts."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run. ``params`` are the method's resolved hyperparameters."""
+
+    method: str
+    params: dict[str, Any]
+    dataset: str
+    dataset_options: dict[str, Any]
+    dataset_fingerprint: str
+    protocol: str
+    protocol_params: dict[str, Any]
+    seed: int
+    epochs: int | None = None
+    tag: str = ""
+
+    @property
+    def key(self) -> str:
+        ident = {
+            "method": self.method, "params": self.params, "dataset_fingerprint": self.dataset_fingerprint,
+            "protocol": self.protocol, "protocol_params": self.protocol_params, "seed": self.seed,
+            "epochs": self.epochs,
+        }
+        return params_hash(ident) + params_hash({"tag": self.tag})[:4]
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+
+@dataclass
+class ExecOptions:
+    """How runs execute (not part of a run's identity)."""
+
+    device: str = "auto"
+    amp: bool = True
+    deterministic: bool = False
+    save_predictions: bool = False
+    save_model: bool = False
+    progress: bool = True
+
+
+# environment ------------------------------------------------------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise RunError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RunError("device cuda requested but CUDA is not available; use --device auto or cpu")
+    return dev
+
+
+def set_deterministic() -> None:
+    """CUDA determinism switches; call before CUDA starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    here = Path(msabench.__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# loading ------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=4)
+def _load_cached(spec: str, options_json: str) -> MultimodalDataset:
+    return dataset_source(spec, **json.loads(options_json)).load()
+
+
+def load_dataset_cached(spec: str, options: dict[str, Any] | None = None) -> MultimodalDataset:
+    return _load_cached(spec, json.dumps(options or {}, sort_keys=True))
+
+
+def make_protocol(name: str, params: dict[str, Any]) -> EvalProtocol:
+    cls = PROTOCOLS.get(name)
+    return cls(**resolve_params(cls, params))
+
+
+def resolve_method_params(method: str, dataset: MultimodalDataset, user_params: dict[str, Any],
+                          epochs: int | None = None) -> tuple[type[Method], dict[str, Any]]:
+    """Defaults ← the method's per-dataset defaults ← user values (coerced), as one resolved dict."""
+    cls = METHODS.get(method)
+    raw = dict(cls.dataset_defaults(dataset))
+    raw.update(user_params)
+    if epochs is not None and "epochs" in param_defaults(cls):
+        raw["epochs"] = epochs
+    return cls, resolve_params(cls, raw)
+
+
+# one run ------------------------------------------------------------------------------------------------------
+def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
+               on_epoch: Callable[[int, float, float], None] | None = None) -> tuple[Method, EvalProtocol, float]:
+    """Train ``spec``'s method on train + valid only; returns (fitted method, protocol, train seconds)."""
+    seed_everything(spec.seed)
+    cls = METHODS.get(spec.method)
+    method = cls(**spec.params)
+    protocol = make_protocol(spec.protocol, spec.protocol_params)
+    device = resolve_device(options.device)
+    train, valid = dataset.train, dataset.valid
+    context = FitContext(
+        task=dataset.task,
+        seed=spec.seed,
+        device=device,
+        amp=options.amp,
+        valid_masks=protocol.masks(valid, dataset.fingerprint, protocol.validation_conditions()),
+        epochs=None if "epochs" in spec.params else spec.epochs,
+        on_epoch=on_epoch,
+        progress=options.progress,
+        aligned=dataset.aligned,
+    )
+    schedule = protocol.training_schedule(train, spec.seed, dataset.fingerprint)
+    start = time.perf_counter()
+    method.fit(train, valid, schedule, context)
+    return method, protocol, time.perf_counter() - start
+
+
+def evaluate(method: Method, dataset: MultimodalDataset, protocol: EvalProtocol, splits: Iterable[str],
+             keep_predictions: bool = False) -> tuple[list[dict[str, Any]], pd.DataFrame | None]:
+    """Metrics of one trained model under every condition of ``protocol`` on each split."""
+    rows, pred_frames = [], []
+    task = dataset.task
+    for split_name in splits:
+        split = dataset[split_name]
+        labels = split.labels.cpu().numpy()
+        for condition in protocol.conditions():
+            mask = protocol.mask(split, condition, dataset.fingerprint)
+            pred = np.asarray(method.predict(split, mask))
+            if pred.shape[0] != len(split):
+                raise RuntimeError(f"{type(method).__name__}.predict returned {pred.shape[0]} rows for "
+                                   f"{len(split)} samples")
+            m_hash = mask_hash(mask)
+            for metric, value in compute_metrics(task, pred, labels).items():
+                rows.append({"split": split_name, "condition": condition, "mask_hash": m_hash,
+                             "metric": metric, "value": float(value)})
+            if keep_predictions:
+                pred_frames.append(prediction_frame(split_name, condition, split.ids, labels, pred, task))
+    preds = pd.concat(pred_frames, ignore_index=True) if pred_frames else None
+    return rows, preds
+
+
+def prediction_frame(split: str, condition: str, ids: list[str], labels: np.ndarray, pred: np.ndarray,
+                     task) -> pd.DataFrame:
+    frame = pd.DataFrame({"split": split, "condition": condition, "sample_id": ids})
+    if task.kind == "regression":
+        frame["label"] = labels.reshape(-1)
+        frame["prediction"] = pred.reshape(-1)
+    elif task.kind == "multilabel":
+        for k, name in enumerate(task.label_names):
+            frame[f"label_{name}"] = labels[:, k]
+            frame[f"prob_{name}"] = pred[:, k]
+    else:
+        frame["label"] = labels
+        frame["prediction"] = pred.argmax(axis=1)
+        for k, name in enumerate(task.label_names):
+            frame[f"prob_{name}"] = pred[:, k]
+    return frame
+
+
+def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset | None = None) -> RunRecord:
+    """Train, evaluate under every condition, and package rows + provenance (stored by the caller)."""
+    if options.deterministic:
+        set_deterministic()
+    dataset = dataset or load_dataset_cached(spec.dataset, spec.dataset_options)
+    if dataset.fingerprint != spec.dataset_fingerprint:
+        raise RunError(f"dataset {spec.dataset} changed since the run was planned (fingerprint "
+                       f"{dataset.fingerprint} != {spec.dataset_fingerprint})")
+    started = datetime.now(timezone.utc)
+    method, protocol, train_seconds = fit_method(spec, dataset, options)
+    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions)
+    finished = datetime.now(timezone.utc)
+    device = resolve_device(options.device)
+    info = provenance(spec, dataset, protocol, device, started, finished, train_seconds)
+    info["training_curve"] = method.training_curve()
+    info["mask_hashes"] = {f"{r['split']}/{r['condition']}": r["mask_hash"] for r in rows}
+    frame = pd.DataFrame(rows)
+    for col, value in reversed(list(row_provenance(info).items())):
+        frame.insert(0, col, value)
+    if preds is not None:
+        preds.insert(0, "run_id", spec.key)
+    state = method.inference_state() if options.save_model else None
+    return RunRecord(key=spec.key, info=info, rows=frame, predictions=preds, model_state=state)
+
+
+def provenance(spec: RunSpec, dataset: MultimodalDataset, protocol: EvalProtocol, device: torch.device,
+               started: datetime, finished: datetime, train_seconds: float) -> dict[str, Any]:
+    m_info = METHODS.info(spec.method)
+    p_info = PROTOCOLS.info(spec.protocol)
+    d_name, _ = split_spec(spec.dataset, DATASETS)
+    d_info = DATASETS.info(d_name)
+    return {
+        "run_id": spec.key,
+        "tag": spec.tag,
+        "method": spec.method,
+        "method_package": m_info.package,
+        "method_package_version": m_info.version,
+        "params": spec.params,
+        "params_hash": params_hash(spec.params),
+        "dataset": spec.dataset,
+        "dataset_options": spec.dataset_options,
+        "dataset_name": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "dataset_package": d_info.package,
+        "dataset_package_version": d_info.version,
+        "task": dataset.task.metric_set,
+        "protocol": spec.protocol,
+        "protocol_version": protocol.version,
+        "protocol_params": protocol.get_params(),
+        "protocol_package": p_info.package,
+        "protocol_package_version": p_info.version,
+        "training_recipe": protocol.training_schedule(dataset.train, spec.seed, dataset.fingerprint).recipe,
+        "seed": spec.seed,
+        "epochs": spec.params.get("epochs", spec.epochs),
+        "msabench_version": msabench.__version__,
+        "git_commit": git_commit(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "started": started.isoformat(),
+        "finished": finished.isoformat(),
+        "train_seconds": round(train_seconds, 3),
+    }
+
+
+ROW_COLUMNS = [
+    "run_id", "tag", "method", "method_package", "method_package_version", "params", "params_hash", "dataset",
+    "dataset_fingerprint", "task", "protocol", "protocol_version", "protocol_params", "protocol_package",
+    "protocol_package_version", "seed", "epochs", "msabench_version", "git_commit", "torch_version", "device",
+    "started", "finished", "train_seconds",
+]
+
+
+def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for col in ROW_COLUMNS:
+        value = info[col]
+        out[col] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
+    return out
+
+
+def _execute_in_worker(spec: RunSpec, options: ExecOptions) -> RunRecord:
+    torch.set_num_threads(1)
+    return execute_run(spec, options)
+
+
+# a grid -------------------------------------------------------------------------------------------------------
+@dataclass
+class RunRequest:
+    """What ``msabench run`` asks for."""
+
+    methods: list[str]
+    datasets: list[str] = field(default_factory=lambda: ["synthetic-small"])
+    protocol: str = "random-missing"
+    seeds: list[int] = field(default_factory=lambda: list(DEFAULT_SEEDS))
+    params: dict[str, Any] = field(default_factory=dict)
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int | None = None
+    tag: str = ""
+
+
+def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDataset]]:
+    """Resolve and check everything (names, hyperparameters, task support); no training. Raises RunError."""
+    from msabench.params import ParameterError
+    from msabench.registry import RegistryError
+
+    try:
+        protocol = make_protocol(request.protocol, request.protocol_params)
+        for m in request.methods:
+            METHODS.get(m)
+        for d in request.datasets:
+            dataset_source(d, **request.dataset_options)  # validates name and path/option form
+    except (RegistryError, ParameterError, ValueError, TypeError) as exc:
+        raise RunError(str(exc)) from None
+    if not request.seeds:
+        raise RunError("no seeds given; use --seeds 1111,1112,...")
+    datasets: dict[str, MultimodalDataset] = {}
+    specs = []
+    for d in request.datasets:
+        try:
+            datasets[d] = load_dataset_cached(d, request.dataset_options)
+        except (OSError, ValueError) as exc:
+            raise RunError(str(exc)) from None
+        ds = datasets[d]
+        for m in request.methods:
+            try:
+                cls, params = resolve_method_params(m, ds, request.params, request.epochs)
+                cls(**params)
+                cls.check_supported(ds.task, ds.aligned)
+            except (ParameterError, ValueError, TypeError) as exc:
+                raise RunError(str(exc)) from None
+            for seed in request.seeds:
+                specs.append(RunSpec(m, params, d, dict(request.dataset_options), ds.fingerprint, request.protocol,
+                                     protocol.get_params(), int(seed), request.epochs, request.tag))
+    return specs, datasets
+
+
+def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: ExecOptions | None = None,
+             workers: int = 1, scheduler: str | None = None) -> pd.DataFrame:
+    """Carry out ``request``; finished runs already in ``out`` are skipped. Returns all rows in ``out``."""
+    options = options or ExecOptions()
+    store = ResultsStore(out)
+    store.ensure_writable()
+    specs, datasets = plan(request)
+    done = store.keys()
+    todo = [s for s in specs if s.key not in done]
+    if len(todo) < len(specs):
+        log.info("skipping %d finished runs already in %s", len(specs) - len(todo), out)
+    if options.deterministic:
+        set_deterministic()
+    bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not options.progress or not todo)
+    try:
+        for record in _execute_all(todo, options, datasets, workers, scheduler):
+            store.save(record)
+            store.rebuild_results()
+            bar.update(1)
+    finally:
+        bar.close()
+    return store.rebuild_results()
+
+
+def _execute_all(todo: list[RunSpec], options: ExecOptions, datasets: dict[str, MultimodalDataset],
+                 workers: int, scheduler: str | None) -> Iterable[RunRecord]:
+    if scheduler:
+        yield from _execute_dask(todo, options, scheduler)
+    elif workers > 1 and len(todo) > 1:
+        import multiprocessing
+
+        worker_opts = ExecOptions(**{**asdict(options), "progress": False})
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_execute_in_worker, s, worker_opts) for s in todo]
+            for fut in as_completed(futures):
+                yield fut.result()
+    else:
+        for spec in todo:
+            yield execute_run(spec, options, datasets.get(spec.dataset))
+
+
+def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[RunRecord]:
+    """Send each run to a Dask cluster (``tcp://HOST:PORT``) or a LocalCluster (``local:N``)."""
+    from dask.distributed import Client, LocalCluster
+    from dask.distributed import as_completed as dask_as_completed
+
+    worker_opts = ExecOptions(**{**asdict(options), "progress": False})
+    cluster = None
+    if scheduler.startswith("local"):
+        _, _, n = scheduler.partition(":")
+        cluster = LocalCluster(n_workers=int(n or 2), threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        futures = [client.submit(_execute_in_worker, s, worker_opts, key=f"msabench-{s.key}", pure=False)
+                   for s in todo]
+        for fut in dask_as_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def summary_table(rows: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
+    """Test-split mean ± std over seeds per method × condition for one metric (the end-of-run table)."""
+    if rows.empty:
+        return rows
+    test = rows[rows["split"] == "test"]
+    if metric is None:
+        metric = {"mosi": "Non0_F1", "sims": "F1_score", "iemocap": "Mean_F1"}.get(str(test["task"].iloc[0]), "acc")
+    sel = test[test["metric"] == metric]
+    agg = sel.groupby(["method", "dataset", "condition"], sort=False)["value"].agg(["mean", "std", "count"])
+    return agg.reset_index().rename(columns={"count": "seeds"}).assign(metric=metric)

@@ -1,0 +1,289 @@
+"""TorchMethod: the common training loop, so a method file holds only its model and loss.
+
+Whole splits live on the device; features are standardised with train-split statistics; each epoch the schedule's
+mask is applied to the whole split in one vectorised step, and batches are index slices of those tensors. Model
+selection uses the validation split under the protocol's fixed validation masks; the best state is restored.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from msabench.data.base import Split, Task
+from msabench.masks import Mask, apply_mask, apply_mask_bert, derive_seed
+from msabench.method import FitContext, Method
+from msabench.metrics import compute_metrics, selection_score
+from msabench.protocol import TrainingSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    """One mini-batch: masked features (B, T, D), the masks themselves (B, T), lengths, labels, sample index."""
+
+    features: dict[str, torch.Tensor]
+    mask: dict[str, torch.Tensor]
+    lengths: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    index: torch.Tensor
+    text_bert: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class PreparedSplit:
+    """A split on the device with standardised features, ready to be masked and sliced."""
+
+    split: Split
+    features: dict[str, torch.Tensor]
+
+    def masked(self, mask: Mask) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+        feats = apply_mask(self.features, mask)
+        bert = self.split.text_bert
+        if bert is not None and bert.shape[-1] == mask["l"].shape[1]:
+            bert = apply_mask_bert(bert, mask["l"])
+        return feats, bert
+
+    def batch(self, feats: dict[str, torch.Tensor], bert: torch.Tensor | None, mask: Mask,
+              idx: torch.Tensor) -> Batch:
+        s = self.split
+        return Batch(
+            features={m: x[idx] for m, x in feats.items()},
+            mask={m: x[idx] for m, x in mask.items()},
+            lengths={m: x[idx] for m, x in s.lengths.items()},
+            labels=s.labels[idx],
+            index=idx,
+            text_bert=None if bert is None else bert[idx],
+        )
+
+
+def task_loss(pred: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
+    """L1 for sentiment regression (MMSA), BCE per emotion (MulT IEMOCAP), cross-entropy for classes."""
+    if task.kind == "regression":
+        return nn.functional.l1_loss(pred.reshape(-1).float(), labels.float())
+    if task.kind == "multilabel":
+        return nn.functional.binary_cross_entropy_with_logits(pred.float(), labels.float())
+    return nn.functional.cross_entropy(pred.float(), labels.long())
+
+
+def output_to_prediction(pred: torch.Tensor, task: Task) -> torch.Tensor:
+    """Raw model output → what metrics read: scores, emotion probabilities or class probabilities."""
+    if task.kind == "regression":
+        return pred.reshape(-1).float()
+    if task.kind == "multilabel":
+        return torch.sigmoid(pred.float())
+    return torch.softmax(pred.float(), dim=-1)
+
+
+def pick_prediction(output: Any) -> torch.Tensor:
+    return output["pred"] if isinstance(output, dict) else output
+
+
+class TorchMethod(Method):
+    """A method made of a torch module (:meth:`build`) and a loss (:meth:`loss`); this class trains it."""
+
+    def __init__(self, lr: float = 1e-3, batch_size: int = 64, epochs: int = 30, patience: int = 8,
+                 weight_decay: float = 0.0, grad_clip: float = 0.0, standardize: bool = True) -> None:
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.patience = patience
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.standardize = standardize
+
+    # what a method file provides ---------------------------------------------------------------------------------
+    def build(self, dims: dict[str, int], seq_lens: dict[str, int], task: Task) -> nn.Module:
+        """The torch model for these feature dims, sequence lengths and task; ``model(batch)`` returns the raw
+        prediction (B,) / (B, K) / (B, C), or a dict with key ``pred`` and whatever the loss needs."""
+        raise NotImplementedError
+
+    def loss(self, output: Any, batch: Batch, task: Task) -> torch.Tensor:
+        """Training loss of one batch; the task loss by default."""
+        return task_loss(pick_prediction(output), batch.labels, task)
+
+    # the loop ------------------------------------------------------------------------------------------------------
+    def fit(self, train: Split, valid: Split, schedule: TrainingSchedule, context: FitContext) -> "TorchMethod":
+        self._begin_fit(train, context)
+        self.model_ = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
+        self.train_model(self.model_, train, valid, schedule, context)
+        return self
+
+    def _begin_fit(self, train: Split, context: FitContext) -> None:
+        """Seed, pick the device, fit the feature scaler on the train split."""
+        self.check_supported(context.task, context.aligned)
+        torch.manual_seed(derive_seed(context.seed, "init"))
+        self.device_ = torch.device(context.device)
+        self.task_ = context.task
+        self.amp_ = bool(context.amp and self.device_.type == "cuda")
+        self.scaler_ = fit_scaler(train.to(self.device_)) if self.standardize else None
+        self.curve_: list[dict[str, float]] = []
+
+    def prepare(self, split: Split) -> PreparedSplit:
+        split = split.to(self.device_)
+        feats = split.features if self.scaler_ is None else apply_scaler(split, self.scaler_)
+        return PreparedSplit(split, feats)
+
+    def autocast(self):
+        if not self.amp_:
+            return nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def train_model(self, model: nn.Module, train: Split, valid: Split, schedule: TrainingSchedule,
+                    context: FitContext, loss_fn: Callable[[Any, Batch, Task], torch.Tensor] | None = None,
+                    forward: Callable[[nn.Module, Batch], Any] | None = None, epochs: int | None = None,
+                    params: list[nn.Parameter] | None = None, stage: str = "") -> list[dict[str, float]]:
+        """Train ``model`` with early stopping on the validation score; restores the best state.
+
+        ``loss_fn(output, batch, task)`` defaults to :meth:`loss`; ``forward(model, batch)`` to ``model(batch)``;
+        ``params`` to all parameters of ``model`` that require gradients.
+        """
+        loss_fn = loss_fn or self.loss
+        forward = forward or (lambda mod, b: mod(b))
+        n_epochs = epochs or context.epochs or self.epochs
+        task = context.task
+        tr = self.prepare(train)
+        va = self.prepare(valid)
+        params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
+        optimizer = self.make_optimizer(params)
+        grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ and not torch.cuda.is_bf16_supported())
+        valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
+        best_score, best_state, since_best = -np.inf, None, 0
+        curve: list[dict[str, float]] = []
+        bar = tqdm(range(n_epochs), desc=stage or (self.name or type(self).__name__), leave=False,
+                   disable=not context.progress, unit="epoch")
+        for epoch in bar:
+            model.train()
+            mask = {m: x.to(self.device_) for m, x in schedule.mask(epoch).items()}
+            feats, bert = tr.masked(mask)
+            gen = torch.Generator().manual_seed(derive_seed(context.seed, stage, "shuffle", epoch))
+            total, count = torch.zeros((), device=self.device_), 0
+            for idx in self.train_batches(tr.split, gen):
+                batch = tr.batch(feats, bert, mask, idx)
+                with self.autocast():
+                    output = forward(model, batch)
+                    loss = loss_fn(output, batch, task)
+                optimizer.zero_grad(set_to_none=True)
+                grad_scaler.scale(loss).backward()
+                if self.grad_clip:
+                    grad_scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(params, self.grad_clip)
+                grad_scaler.step(optimizer)
+                grad_scaler.update()
+                total += loss.detach() * len(idx)
+                count += len(idx)
+            train_loss = float(total) / max(count, 1)
+            score = self.validation_score(model, va, valid_masks, task, forward)
+            curve.append({"epoch": epoch, "train_loss": train_loss, "valid_score": score, "stage": stage})
+            bar.set_postfix(loss=f"{train_loss:.4f}", valid=f"{score:.4f}")
+            if score > best_score or best_state is None:
+                best_score, since_best = score, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                since_best += 1
+            if context.on_epoch is not None:
+                context.on_epoch(epoch, train_loss, score)
+            if self.patience and since_best >= self.patience:
+                log.debug("early stop at epoch %d (best %.4f)", epoch, best_score)
+                break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.curve_.extend(curve)
+        return curve
+
+    def train_batches(self, split: Split, generator: torch.Generator) -> list[torch.Tensor]:
+        """Index tensors of one training epoch: a seeded shuffle cut into ``batch_size`` slices.
+
+        Override to batch differently (whole conversations, for example). A trailing single-sample batch is
+        dropped, since it breaks batch statistics.
+        """
+        n = len(split)
+        order = torch.randperm(n, generator=generator).to(self.device_)
+        batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
+        return [b for b in batches if len(b) >= 2 or n == 1]
+
+    def eval_batches(self, split: Split) -> list[torch.Tensor]:
+        """Index tensors covering every sample once, for prediction (order does not matter)."""
+        n = len(split)
+        step = max(self.batch_size, 512)
+        return [torch.arange(s, min(s + step, n), device=self.device_) for s in range(0, n, step)]
+
+    def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    @torch.no_grad()
+    def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask,
+                    forward: Callable[[nn.Module, Batch], Any] | None = None) -> torch.Tensor:
+        """Predictions (metric form) for the whole prepared split under ``mask``, in eval mode."""
+        forward = forward or (lambda mod, b: mod(b))
+        was_training = model.training
+        model.eval()
+        mask = {m: x.to(self.device_) for m, x in mask.items()}
+        feats, bert = prepared.masked(mask)
+        outs, order = [], []
+        for idx in self.eval_batches(prepared.split):
+            with self.autocast():
+                out = pick_prediction(forward(model, prepared.batch(feats, bert, mask, idx)))
+            outs.append(output_to_prediction(out, self.task_))
+            order.append(idx)
+        model.train(was_training)
+        pred, index = torch.cat(outs), torch.cat(order)
+        if index.shape[0] != len(prepared.split):
+            raise RuntimeError(f"eval_batches covered {index.shape[0]} of {len(prepared.split)} samples")
+        result = torch.empty_like(pred)
+        result[index] = pred
+        return result
+
+    def validation_score(self, model: nn.Module, prepared: PreparedSplit, masks: dict[str, Mask], task: Task,
+                         forward: Callable[[nn.Module, Batch], Any] | None = None) -> float:
+        """Mean over the validation conditions of the task's selection metric (higher is better)."""
+        labels = prepared.split.labels.cpu().numpy()
+        scores = []
+        for mask in masks.values():
+            pred = self.raw_outputs(model, prepared, mask, forward).cpu().numpy()
+            score = selection_score(task, compute_metrics(task, pred, labels))
+            scores.append(score if np.isfinite(score) else -np.inf)
+        return float(np.mean(scores))
+
+    def predict(self, split: Split, mask: Mask) -> np.ndarray:
+        return self.raw_outputs(self.model_, self.prepare(split), mask).cpu().numpy()
+
+    def inference_state(self) -> dict[str, Any]:
+        return {"model": self.model_.state_dict(), "scaler": self.scaler_}
+
+
+# feature standardisation fitted on the train split -------------------------------------------------------------------
+def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per modality and feature dimension, mean and std over the existing (non-padding) train frames."""
+    scaler = {}
+    padding = train.padding_mask()
+    for m, x in train.features.items():
+        w = padding[m].to(x.dtype).unsqueeze(-1)
+        count = w.sum(dim=(0, 1)).clamp_min(1.0)
+        mean = (x * w).sum(dim=(0, 1)) / count
+        var = (((x - mean) ** 2) * w).sum(dim=(0, 1)) / count
+        std = var.sqrt()
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        scaler[m] = (mean, std)
+    return scaler
+
+
+def apply_scaler(split: Split, scaler: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    padding = split.padding_mask()
+    out = {}
+    for m, x in split.features.items():
+        mean, std = scaler[m]
+        out[m] = ((x - mean.to(x.device)) / std.to(x.device)) * padding[m].to(x.dtype).unsqueeze(-1)
+    return out

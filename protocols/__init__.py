@@ -1,0 +1,1 @@
+"""Built-in missingness protocols (installed as ``msabench.protocols``)."""
