@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from msabench.data.base import DataError
+    from msabench.leaderboard import LeaderboardError
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
     from msabench.runner import RunError
@@ -233,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (CLIError, RunError, RegistryError, ParameterError, DataError, StoreError, FileNotFoundError) as exc:
+    except (CLIError, RunError, RegistryError, ParameterError, DataError, StoreError, LeaderboardError,
+            FileNotFoundError) as exc:
         print(f"msabench: error: {exc}", file=sys.stderr)
         return 2
 
