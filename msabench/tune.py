@@ -1,0 +1,752 @@
+"""Hyperparameter tuning with Optuna: equal budgets, validation split only, resumable, several workers.
+
+One study per method (``{study}-{method}``), each with the same global trial budget and the same epoch cap. A
+trial samples the method's :meth:`~msabench.method.Method.search_space`, trains through
+:func:`msabench.runner.fit_method` on the train split and scores on the validation split under the protocol's
+validation conditions (the best epoch's score, the one model selection keeps). The test split is never read while
+tuning; only ``final_seeds`` retrain the best configuration through the normal runner and evaluate it once.
+
+The trial budget is global over every worker that runs the same command against one storage. Before creating a
+trial a worker takes a lock (a file lock for SQLite and journal files, an advisory lock for PostgreSQL and MySQL),
+counts the study's trials and creates one only while fewer than the budget exist, so two workers never overshoot.
+Retries of failed trials do not count towards the budget; each failed trial is retried once.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import pandas as pd
+
+from msabench.masks import derive_seed
+from msabench.params import ParameterError
+from msabench.registry import RegistryError
+from msabench.runner import (
+    ExecOptions,
+    RunError,
+    RunRequest,
+    RunSpec,
+    fit_method,
+    load_dataset_cached,
+    make_protocol,
+    resolve_method_params,
+    run_grid,
+)
+
+if TYPE_CHECKING:
+    import argparse
+
+    import optuna
+
+log = logging.getLogger(__name__)
+
+MAX_RETRY = 1
+HEARTBEAT_INTERVAL = 30  # seconds between heartbeats of a running trial (RDB storages)
+GRACE_PERIOD = 120  # a running trial without a heartbeat for this long is failed and retried
+PRUNERS = ("hyperband", "median", "none")
+ATTR_KEY = "msabench"  # study user attribute holding what the study tunes
+
+
+class TuneError(RunError):
+    """A tuning request that cannot be carried out."""
+
+
+@dataclass
+class TuneRequest:
+    """What ``msabench tune`` asks for. ``trials`` is the global budget of each method's study."""
+
+    methods: list[str]
+    dataset: str
+    protocol: str
+    trials: int
+    timeout: float | None = None
+    storage: str | None = None
+    study: str | None = None
+    seed: int = 1111
+    epochs: int | None = None
+    pruner: str = "hyperband"
+    out: str = "tune"
+    final_seeds: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    protocol_params: dict[str, Any] = field(default_factory=dict)
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+
+    def study_name(self, method: str) -> str:
+        base = self.study or f"{self.dataset}-{self.protocol}".replace(":", "_").replace("/", "_")
+        return f"{base}-{method}"
+
+
+@dataclass
+class TuneResult:
+    """One method's study after this process finished with it."""
+
+    method: str
+    study: str
+    best_value: float | None
+    best_params: dict[str, Any]  # the best trial's resolved hyperparameters
+    tuned: list[str]  # the names Optuna sampled
+    best_trial: int | None
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    wall_seconds: float
+    config_path: Path | None = None
+    final_rows: pd.DataFrame | None = None
+
+
+# storage ------------------------------------------------------------------------------------------------------
+def storage_url(storage: str | None, out: str | os.PathLike) -> str:
+    """The default ``sqlite:///OUT/optuna.db`` or ``storage`` itself."""
+    if storage:
+        return storage
+    path = Path(out).resolve() / "optuna.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def journal_path(url: str) -> str | None:
+    """``journal:///abs/file.log`` → ``/abs/file.log`` (``journal://rel.log`` → ``rel.log``); else None."""
+    return url[len("journal://"):] if url.startswith("journal://") else None
+
+
+def make_storage(url: str) -> Any:
+    """An Optuna storage: JournalStorage for ``journal://``, RDBStorage (with heartbeat) for any RDB URL."""
+    import optuna
+
+    path = journal_path(url)
+    if path is not None:
+        if not path:
+            raise TuneError("journal storage needs a file: --storage journal:///path/to/study.log")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            from optuna.storages.journal import JournalFileBackend
+
+            backend = JournalFileBackend(path)
+        except ImportError:  # optuna < 4.0
+            backend = optuna.storages.JournalFileStorage(path)
+        return optuna.storages.JournalStorage(backend)
+    if "://" not in url:
+        raise TuneError(f"unknown storage {url!r}: use sqlite:///FILE, journal:///FILE or an RDB URL such as "
+                        f"postgresql://user@host/db")
+    import inspect
+
+    url = with_installed_driver(url)
+    callback_kw = ("heartbeat_stale_trial_callback"
+                   if "heartbeat_stale_trial_callback" in inspect.signature(optuna.storages.RDBStorage).parameters
+                   else "failed_trial_callback")
+    kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL, "grace_period": GRACE_PERIOD,
+              callback_kw: _retry_stale}
+    try:
+        with warnings.catch_warnings():  # heartbeat_interval is 'experimental' in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, **kwargs)
+    except ImportError as exc:
+        raise TuneError(f"storage {url}: a database driver is missing ({exc}); for PostgreSQL install "
+                        f"psycopg2-binary (pip install 'msabench[postgres]')") from None
+    except Exception as exc:  # sqlalchemy.exc.OperationalError and friends: name the URL
+        raise TuneError(f"cannot open storage {_redact(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` means psycopg (v3) in SQLAlchemy >= 2.1 but psycopg2 before; pick whichever is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return f"postgresql://{rest}"
+
+
+def _redact(url: str) -> str:
+    head, sep, tail = url.partition("@")
+    if not sep or "://" not in head:
+        return url
+    scheme, _, cred = head.partition("://")
+    return f"{scheme}://{cred.split(':')[0]}:***@{tail}" if ":" in cred else url
+
+
+class _FileLock:
+    """An exclusive ``flock`` on a side file; works between processes (and threads) on one machine."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fh: Any = None
+
+    def __enter__(self) -> "_FileLock":
+        import fcntl
+
+        self._fh = open(self.path, "a+")
+        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import fcntl
+
+        try:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+        finally:
+            self._fh.close()
+
+
+class _AdvisoryLock:
+    """A PostgreSQL advisory lock or a MySQL named lock, held on its own connection."""
+
+    def __init__(self, engine: Any, name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        self._conn: Any = None
+
+    def __enter__(self) -> "_AdvisoryLock":
+        from sqlalchemy import text
+
+        self._conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        else:
+            self._conn.execute(text("SELECT GET_LOCK(:n, -1)"), {"n": self.name[:64]})
+        self._conn.commit()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from sqlalchemy import text
+
+        try:
+            if self.engine.dialect.name == "postgresql":
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            else:
+                self._conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": self.name[:64]})
+            self._conn.commit()
+        finally:
+            self._conn.close()
+
+
+def budget_lock(storage: Any, url: str, study_name: str) -> contextlib.AbstractContextManager:
+    """The lock that makes 'count trials, then create one' atomic across workers of one study."""
+    path = journal_path(url)
+    if path is None and url.startswith("sqlite:///") and ":memory:" not in url:
+        path = url[len("sqlite:///"):]
+    if path is not None:
+        try:
+            import fcntl  # noqa: F401
+        except ImportError:
+            warnings.warn("no fcntl on this platform: the trial budget may be exceeded by concurrent workers",
+                          stacklevel=2)
+            return contextlib.nullcontext()
+        return _FileLock(f"{path}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.lock")
+    engine = getattr(storage, "engine", None)
+    if engine is not None and engine.dialect.name in ("postgresql", "mysql", "mariadb"):
+        return _AdvisoryLock(engine, f"msabench-tune:{study_name}")
+    if engine is not None and engine.dialect.name != "sqlite":
+        log.warning("no lock for %s storages: concurrent workers may exceed the trial budget", engine.dialect.name)
+    return contextlib.nullcontext()
+
+
+# trial accounting -----------------------------------------------------------------------------------------------
+def is_retry(trial: "optuna.trial.FrozenTrial") -> bool:
+    """A re-run of a failed trial (Optuna's ``failed_trial`` convention); retries do not use up the budget."""
+    return "failed_trial" in trial.system_attrs
+
+
+def budget_used(trials: list["optuna.trial.FrozenTrial"]) -> int:
+    """Trials that count towards the budget: every trial that is not a retry, whatever its state."""
+    return sum(1 for t in trials if not is_retry(t))
+
+
+def claim_trial(study: "optuna.Study", budget: int, lock: contextlib.AbstractContextManager) -> "optuna.Trial | None":
+    """Under ``lock``: a waiting trial (a retry) if there is one, else a new trial while the budget allows."""
+    from optuna.trial import TrialState
+
+    with lock:
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if not waiting and budget_used(trials) >= budget:
+            return None
+        with warnings.catch_warnings():  # we run the heartbeat ourselves (see heartbeat())
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            return study.ask()
+
+
+def requeue(study: "optuna.Study", trial: "optuna.trial.FrozenTrial", reason: str, counts: bool = True) -> bool:
+    """Queue a failed trial again with the same parameters, at most ``MAX_RETRY`` times (``counts=False`` for an
+    interruption, which is not the trial's fault). Returns whether it was queued."""
+    import optuna
+
+    history = list(trial.system_attrs.get("retry_history", []))
+    if counts and len(history) >= MAX_RETRY:
+        return False
+    system_attrs = {**{k: v for k, v in trial.system_attrs.items() if k not in ("fixed_params",)},
+                    "failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                    "retry_history": history + [trial.number] if counts else history}
+    study.add_trial(optuna.trial.create_trial(
+        state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={"retry_of": trial.number, "retry_reason": reason}, system_attrs=system_attrs,
+    ))
+    log.info("trial %d queued again (%s)", trial.number, reason)
+    return True
+
+
+def _retry_stale(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+    requeue(study, trial, "no heartbeat: its worker stopped")
+
+
+def fail_stale(study: "optuna.Study") -> None:
+    """Fail running trials whose worker stopped sending heartbeats (RDB storages) and queue them again."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def heartbeat(study: "optuna.Study", trial: "optuna.Trial") -> Iterator[None]:
+    """Record a heartbeat for ``trial`` every ``HEARTBEAT_INTERVAL`` s while the block runs (RDB storages)."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if not interval:
+        yield
+        return
+    trial_id = trial._trial_id
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as exc:  # a lost connection must not kill the training
+                log.warning("heartbeat of trial %d failed: %s", trial.number, exc)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def state_counts(study: "optuna.Study") -> dict[str, int]:
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    return {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+
+
+# samplers, pruners ---------------------------------------------------------------------------------------------
+def make_sampler(seed: int, trial_number: int | None = None) -> "optuna.samplers.BaseSampler":
+    """TPE seeded by ``seed`` (and the trial number, so that a resumed study or a second worker draws the same
+    way as one uninterrupted process instead of repeating the first worker's draws)."""
+    import optuna
+
+    s = seed if trial_number is None else derive_seed(seed, "tpe", trial_number) % 2**32
+    return optuna.samplers.TPESampler(seed=s)
+
+
+def make_pruner(name: str, epochs: int | None) -> "optuna.pruners.BasePruner":
+    """Per-epoch pruning: Hyperband over 1..epochs (default), the median rule, or none."""
+    import optuna
+
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+    if name == "none":
+        return optuna.pruners.NopPruner()
+    raise TuneError(f"unknown pruner {name!r}: use one of {', '.join(PRUNERS)}")
+
+
+# the objective --------------------------------------------------------------------------------------------------
+@dataclass
+class _Target:
+    """Everything a trial of one method needs, resolved once."""
+
+    method: str
+    dataset_spec: str
+    dataset: Any
+    protocol: str
+    protocol_params: dict[str, Any]
+    dataset_options: dict[str, Any]
+    fixed_params: dict[str, Any]
+    epochs: int | None
+    seed: int
+    options: ExecOptions
+
+
+def trial_spec(target: _Target, suggested: dict[str, Any], tag: str = "") -> RunSpec:
+    """The run spec of one trial: defaults ← suggested ← fixed (``--set``) ← the epoch cap, resolved like the
+    runner does."""
+    try:
+        _, params = resolve_method_params(target.method, target.dataset, {**suggested, **target.fixed_params},
+                                          target.epochs)
+    except (ParameterError, TypeError, ValueError) as exc:
+        raise TuneError(f"search space of {target.method}: {exc}") from None
+    return RunSpec(target.method, params, target.dataset_spec, dict(target.dataset_options),
+                   target.dataset.fingerprint, target.protocol, dict(target.protocol_params), target.seed,
+                   target.epochs, tag)
+
+
+def objective(trial: "optuna.Trial", target: _Target) -> float:
+    """Train one sampled configuration, reporting each epoch's validation score to the pruner; return the best
+    epoch's score of the final training stage (the model that model selection keeps)."""
+    import optuna
+
+    from msabench.plugins import METHODS
+
+    suggested = METHODS.get(target.method).search_space(trial)
+    spec = trial_spec(target, suggested)
+    trial.set_user_attr("params", _json_safe(spec.params))
+    scores: list[float] = []
+
+    def on_epoch(epoch: int, train_loss: float, score: float) -> None:
+        scores.append(score)
+        if math.isfinite(score):  # steps count epochs over all stages, so a two-stage method never repeats one
+            trial.report(score, len(scores))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} (validation score {score:.4f})")
+
+    method, _, _ = fit_method(spec, target.dataset, target.options, on_epoch=on_epoch)
+    best = selected_score(method.training_curve(), scores)
+    if not math.isfinite(best):
+        raise RuntimeError("no finite validation score in any epoch")
+    return best
+
+
+def selected_score(curve: list[dict[str, Any]], scores: list[float]) -> float:
+    """The best validation score of the last training stage in ``curve``; the best of ``scores`` without one."""
+    if curve:
+        last = curve[-1].get("stage", "")
+        scores = [r["valid_score"] for r in curve if r.get("stage", "") == last]
+    finite = [x for x in scores if math.isfinite(x)]
+    return max(finite) if finite else -math.inf
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_trial(study: "optuna.Study", trial: "optuna.Trial", target: _Target) -> "optuna.trial.TrialState":
+    """Run and tell one claimed trial; a failure is recorded (user attr ``error``) and queued once more."""
+    import optuna
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    state, value = TrialState.COMPLETE, None
+    with heartbeat(study, trial):
+        try:
+            value = objective(trial, target)
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted")
+            frozen = study.tell(trial, state=TrialState.FAIL)
+            requeue(study, frozen, "interrupted", counts=False)
+            raise
+        except TuneError as exc:
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as exc:
+            log.warning("trial %d of %s failed: %s: %s", trial.number, study.study_name, type(exc).__name__, exc)
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}"[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            state = TrialState.FAIL
+    frozen = study.tell(trial, value) if state == TrialState.COMPLETE else study.tell(trial, state=state)
+    if state == TrialState.FAIL:
+        requeue(study, frozen, "failed")
+    elif state == TrialState.COMPLETE:
+        log.info("%s trial %d: %.4f %s", study.study_name, trial.number, value, trial.params)
+    return state
+
+
+# one study ------------------------------------------------------------------------------------------------------
+def open_study(name: str, storage: Any, request: TuneRequest, info: dict[str, Any]) -> "optuna.Study":
+    """Create or load the study; refuse one created for another dataset, protocol, or epoch cap."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize",
+                                sampler=make_sampler(request.seed), pruner=make_pruner(request.pruner, info["epochs"]),
+                                load_if_exists=True)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise TuneError(f"study {name!r} exists and minimises; use another --study name")
+    stored = study.user_attrs.get(ATTR_KEY)
+    if stored is None:
+        study.set_user_attr(ATTR_KEY, info)
+    else:
+        keys = ("method", "dataset_fingerprint", "protocol", "protocol_params", "epochs", "fixed_params")
+        differ = [k for k in keys if stored.get(k) != info.get(k)]
+        if differ:
+            raise TuneError(f"study {name!r} in this storage tunes another setting ({', '.join(differ)} differ: "
+                            f"{ {k: stored.get(k) for k in differ} }); use another --study name or storage")
+    return study
+
+
+def tune_method(target: _Target, request: TuneRequest, storage: Any, url: str, progress: bool = True,
+                on_trial: Callable[["optuna.Study", "optuna.trial.TrialState"], None] | None = None) -> TuneResult:
+    """Run trials of one method's study until its global budget (or ``request.timeout``) is used up."""
+    from optuna.trial import TrialState
+    from tqdm.auto import tqdm
+
+    name = request.study_name(target.method)
+    info = {"method": target.method, "dataset": target.dataset_spec, "dataset_fingerprint": target.dataset.fingerprint,
+            "protocol": target.protocol, "protocol_params": target.protocol_params, "epochs": target.epochs,
+            "seed": target.seed, "fixed_params": target.fixed_params}
+    study = open_study(name, storage, request, _json_safe(info))
+    lock = budget_lock(storage, url, name)
+    start = time.perf_counter()
+    deadline = start + request.timeout if request.timeout else math.inf
+
+    def finished() -> int:
+        trials = study.get_trials(deepcopy=False)
+        done = sum(1 for t in trials if not is_retry(t) and t.state.is_finished())
+        return min(done, request.trials)
+
+    bar = tqdm(total=request.trials, initial=finished(), desc=name, unit="trial", disable=not progress)
+    try:
+        while time.perf_counter() < deadline:
+            fail_stale(study)
+            trial = claim_trial(study, request.trials, lock)
+            if trial is None:
+                break
+            study.sampler = make_sampler(request.seed, trial.number)
+            state = run_trial(study, trial, target)
+            gc.collect()
+            if on_trial is not None:
+                on_trial(study, state)
+            bar.n = finished()
+            with contextlib.suppress(ValueError):
+                bar.set_postfix(best=f"{study.best_value:.4f}")
+            bar.refresh()
+    finally:
+        bar.close()
+    counts = state_counts(study)
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    best = max(complete, key=lambda t: t.value) if complete else None
+    if counts["running"] or counts["waiting"]:
+        log.warning("%s: %d trials still running and %d waiting in other workers; the best configuration is "
+                    "taken from the finished ones (run the same command again afterwards to refresh it)",
+                    name, counts["running"], counts["waiting"])
+    return TuneResult(method=target.method, study=name, best_value=None if best is None else float(best.value),
+                      best_params=dict(best.user_attrs.get("params", {})) if best else {},
+                      tuned=sorted(best.params) if best else [], best_trial=best.number if best else None,
+                      complete=counts["complete"],
+                      pruned=counts["pruned"], failed=counts["fail"], running=counts["running"],
+                      wall_seconds=time.perf_counter() - start)
+
+
+# configs and the final evaluation ---------------------------------------------------------------------------------
+def best_config(target: _Target, result: TuneResult, request: TuneRequest) -> dict[str, Any]:
+    """The ``msabench run --config`` mapping of the best trial: its full resolved hyperparameters, and the
+    protocol parameters and dataset options given for tuning."""
+    config: dict[str, Any] = {
+        "method": target.method,
+        "params": dict(result.best_params),
+        "dataset": target.dataset_spec,
+        "protocol": target.protocol,
+        "epochs": target.epochs,
+        "study": result.study,
+    }
+    if request.protocol_params:
+        config["protocol_params"] = dict(request.protocol_params)
+    if request.dataset_options:
+        config["dataset_options"] = dict(request.dataset_options)
+    return config
+
+
+def write_config(config: dict[str, Any], path: Path, result: TuneResult) -> Path:
+    import yaml
+
+    header = (f"# best of study {result.study} (trial {result.best_trial}): validation score "
+              f"{result.best_value:.6g} "
+              f"({result.complete} complete, {result.pruned} pruned, {result.failed} failed trials)\n"
+              f"# tuned: {', '.join(result.tuned) or '(nothing)'}\n"
+              f"# use: msabench run --config {path.name}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def final_evaluation(config: dict[str, Any], seeds: list[int], out: str, options: ExecOptions) -> pd.DataFrame:
+    """Retrain the best configuration on ``seeds`` and evaluate it on the test split once (normal runner); the
+    rows carry the study name in their ``tag`` column."""
+    request = RunRequest(methods=[config["method"]], datasets=[config["dataset"]], protocol=config["protocol"],
+                         seeds=list(seeds), params=config["params"],
+                         protocol_params=config.get("protocol_params", {}),
+                         dataset_options=config.get("dataset_options", {}), epochs=config["epochs"],
+                         tag=config["study"])
+    rows = run_grid(request, out=out, options=options)
+    return rows[rows["tag"] == config["study"]] if not rows.empty else rows
+
+
+# the whole request ----------------------------------------------------------------------------------------------
+def prepare(request: TuneRequest, options: ExecOptions | None = None) -> list[_Target]:
+    """Check names, the dataset and every method's support for the task; fix one epoch cap for all methods."""
+    if request.trials < 1:
+        raise TuneError("--trials must be at least 1")
+    if request.pruner not in PRUNERS:
+        raise TuneError(f"unknown pruner {request.pruner!r}: use one of {', '.join(PRUNERS)}")
+    if not request.methods:
+        raise TuneError("no method given: use --method NAME[,NAME...]")
+    if len(set(request.methods)) != len(request.methods):
+        raise TuneError(f"a method is named twice in {request.methods}")
+    try:
+        protocol = make_protocol(request.protocol, request.protocol_params)
+        dataset = load_dataset_cached(request.dataset, request.dataset_options)
+        resolved = {}
+        for m in request.methods:
+            cls, params = resolve_method_params(m, dataset, request.params, request.epochs)
+            cls(**params)
+            cls.check_supported(dataset.task, dataset.aligned)
+            resolved[m] = params
+    except (RegistryError, ParameterError, OSError, TypeError, ValueError) as exc:
+        raise TuneError(str(exc)) from None
+    epochs = request.epochs
+    if epochs is None:
+        defaults = [p["epochs"] for p in resolved.values() if isinstance(p.get("epochs"), int)]
+        epochs = max(defaults) if defaults else None
+    options = options or ExecOptions()
+    trial_options = ExecOptions(device=options.device, amp=options.amp, deterministic=options.deterministic,
+                                progress=False)
+    return [_Target(m, request.dataset, dataset, request.protocol, protocol.get_params(),
+                    dict(request.dataset_options), dict(request.params), epochs, request.seed, trial_options)
+            for m in request.methods]
+
+
+def tune(request: TuneRequest, options: ExecOptions | None = None, progress: bool = True,
+         targets: list[_Target] | None = None) -> list[TuneResult]:
+    """Tune every method of ``request`` with the same budget; write ``{out}/{method}.best.yaml``; with
+    ``final_seeds`` retrain each best configuration and evaluate it on the test split (rows in ``out``)."""
+    options = options or ExecOptions(progress=progress)
+    targets = targets if targets is not None else prepare(request, options)
+    if options.threads:
+        import torch
+
+        torch.set_num_threads(options.threads)
+    url = storage_url(request.storage, request.out)
+    storage = make_storage(url)
+    results = []
+    for target in targets:
+        result = tune_method(target, request, storage, url, progress=progress)
+        if result.best_value is None:
+            log.warning("%s: no complete trial, so no best configuration", result.study)
+        else:
+            config = best_config(target, result, request)
+            result.config_path = write_config(config, Path(request.out) / f"{target.method}.best.yaml", result)
+            if request.final_seeds:
+                final_options = ExecOptions(device=options.device, amp=options.amp, threads=options.threads,
+                                            deterministic=options.deterministic, progress=progress)
+                result.final_rows = final_evaluation(config, request.final_seeds, request.out, final_options)
+        results.append(result)
+    return results
+
+
+def budget_statement(request: TuneRequest, targets: list[_Target]) -> str:
+    """The equal-budget line printed before tuning."""
+    epochs = targets[0].epochs if targets else request.epochs
+    names = ", ".join(request.methods)
+    limit = f", at most {request.timeout:g} s each" if request.timeout else ""
+    return (f"equal budget: {names} each get {request.trials} trials (global over all workers of a study{limit}), "
+            f"epoch cap {epochs if epochs is not None else 'method default'}, pruner {request.pruner}, "
+            f"TPE seed {request.seed}; selection on the validation split only")
+
+
+def summary_frame(results: list[TuneResult]) -> pd.DataFrame:
+    """Method, best value, trials complete / pruned / failed, wall time."""
+    return pd.DataFrame([{
+        "method": r.method, "study": r.study,
+        "best_value": float("nan") if r.best_value is None else round(r.best_value, 4),
+        "complete": r.complete, "pruned": r.pruned, "failed": r.failed, "wall_s": round(r.wall_seconds, 1),
+        "config": str(r.config_path) if r.config_path else "",
+    } for r in results])
+
+
+# command line ---------------------------------------------------------------------------------------------------
+def cmd_tune(args: "argparse.Namespace") -> int:
+    import optuna
+
+    from msabench.cli import _csv_list
+    from msabench.params import parse_assignments
+    from msabench.runner import summary_table
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    request = TuneRequest(
+        methods=_csv_list(args.method), dataset=args.dataset, protocol=args.protocol, trials=args.trials,
+        timeout=args.timeout, storage=args.storage, study=args.study, seed=args.seed, epochs=args.epochs,
+        pruner=args.pruner, out=args.out, final_seeds=args.final_seeds or [],
+        params=parse_assignments(args.set, "--set"),
+        protocol_params=parse_assignments(args.protocol_option, "--protocol-option"),
+        dataset_options=parse_assignments(args.dataset_option, "--dataset-option"),
+    )
+    if args.threads is not None and args.threads < 1:
+        raise TuneError(f"--threads must be at least 1, got {args.threads}")
+    options = ExecOptions(device=args.device, amp=not args.no_amp, progress=not args.quiet, threads=args.threads)
+    targets = prepare(request, options)
+    print(budget_statement(request, targets))
+    results = tune(request, options, progress=not args.quiet, targets=targets)
+    print(f"\ntuning summary (storage {_redact(storage_url(request.storage, request.out))})")
+    print(summary_frame(results).to_string(index=False))
+    for r in results:
+        if r.final_rows is not None and not r.final_rows.empty:
+            table = summary_table(r.final_rows)
+            if not table.empty:
+                print(f"\n{r.method}: best config on the test split, {table['metric'].iloc[0]} over seeds "
+                      f"{','.join(map(str, request.final_seeds))} (tag {r.study}); rows in {request.out}/results.csv")
+                print(table[["condition", "mean", "std", "seeds"]].to_string(index=False))
+    return 0 if all(r.best_value is not None for r in results) else 1
+
+
+def add_command(subparsers: "argparse._SubParsersAction") -> None:
+    """Add ``msabench tune`` to the CLI."""
+    from msabench.cli import _seeds
+
+    p = subparsers.add_parser(
+        "tune", help="tune hyperparameters with Optuna on the validation split",
+        description="Tune each method's search space with a seeded TPE sampler and per-epoch pruning, on the "
+                    "validation split only. Every method gets the same trial budget and epoch cap (one study per "
+                    "method, named STUDY-METHOD). Run the same command again to resume; run it in several "
+                    "processes or machines against one storage to share one global budget. Writes "
+                    "OUT/METHOD.best.yaml for 'msabench run --config'.")
+    p.add_argument("--method", required=True, help="method name(s), comma-separated; each gets the same budget")
+    p.add_argument("--protocol", required=True, help="missingness protocol (validation conditions score trials)")
+    p.add_argument("--dataset", required=True, help="dataset name or FORMAT:PATH")
+    p.add_argument("--trials", type=int, required=True, help="trials per method, global over all workers")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds (per method)")
+    p.add_argument("--storage", help="sqlite:///FILE (default OUT/optuna.db), journal:///FILE (several processes "
+                                     "on one machine) or an RDB URL like postgresql://user:pw@host/db (machines)")
+    p.add_argument("--study", help="study name prefix (default DATASET-PROTOCOL); studies are named STUDY-METHOD")
+    p.add_argument("--seed", type=int, default=1111, help="sampler seed and training seed of trials (default 1111)")
+    p.add_argument("--epochs", type=int, help="epoch cap for every method (default: the largest method default)")
+    p.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="per-epoch pruner (default hyperband)")
+    p.add_argument("--out", default="tune", help="directory for optuna.db, METHOD.best.yaml and final runs "
+                                                 "(default tune/)")
+    p.add_argument("--final-seeds", type=_seeds, help="retrain the best config on these seeds and evaluate it on "
+                                                      "the test split once, e.g. 1111,1112,1113")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a hyperparameter (repeatable)")
+    p.add_argument("--protocol-option", action="append", metavar="KEY=VALUE", help="protocol parameter (repeatable)")
+    p.add_argument("--dataset-option", action="append", metavar="KEY=VALUE", help="loader option (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-amp", action="store_true", help="turn off mixed precision on CUDA")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is fastest for "
+                                               "small models on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    p.set_defaults(func=cmd_tune)
