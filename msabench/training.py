@@ -55,8 +55,22 @@ class PreparedSplit:
             bert = apply_mask_bert(bert, mask["l"])
         return feats, bert
 
+    def masked_batch(self, mask: Mask, idx: torch.Tensor) -> Batch:
+        """The batch at ``idx`` with ``mask`` applied to just those rows (no masked copy of the whole split)."""
+        batch_mask = {m: x[idx] for m, x in mask.items()}
+        feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
+        bert = self.split.text_bert
+        if bert is not None:
+            bert = bert[idx]
+            if bert.shape[-1] == batch_mask["l"].shape[1]:
+                bert = apply_mask_bert(bert, batch_mask["l"])
+        s = self.split
+        return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
+                     labels=s.labels[idx], index=idx, text_bert=bert)
+
     def batch(self, feats: dict[str, torch.Tensor], bert: torch.Tensor | None, mask: Mask,
               idx: torch.Tensor) -> Batch:
+        """The batch at ``idx`` of already-masked split tensors ``feats`` / ``bert``."""
         s = self.split
         return Batch(
             features={m: x[idx] for m, x in feats.items()},
@@ -167,11 +181,10 @@ class TorchMethod(Method):
         for epoch in bar:
             model.train()
             mask = {m: x.to(self.device_) for m, x in schedule.mask(epoch).items()}
-            feats, bert = tr.masked(mask)
             gen = torch.Generator().manual_seed(derive_seed(context.seed, stage, "shuffle", epoch))
             total, count = torch.zeros((), device=self.device_), 0
             for idx in self.train_batches(tr.split, gen):
-                batch = tr.batch(feats, bert, mask, idx)
+                batch = tr.masked_batch(mask, idx)
                 with self.autocast():
                     output = forward(model, batch)
                     loss = loss_fn(output, batch, task)
@@ -217,7 +230,7 @@ class TorchMethod(Method):
     def eval_batches(self, split: Split) -> list[torch.Tensor]:
         """Index tensors covering every sample once, for prediction (order does not matter)."""
         n = len(split)
-        step = max(self.batch_size, 512)
+        step = max(self.batch_size, 256)
         return [torch.arange(s, min(s + step, n), device=self.device_) for s in range(0, n, step)]
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -231,11 +244,10 @@ class TorchMethod(Method):
         was_training = model.training
         model.eval()
         mask = {m: x.to(self.device_) for m, x in mask.items()}
-        feats, bert = prepared.masked(mask)
         outs, order = [], []
         for idx in self.eval_batches(prepared.split):
             with self.autocast():
-                out = pick_prediction(forward(model, prepared.batch(feats, bert, mask, idx)))
+                out = pick_prediction(forward(model, prepared.masked_batch(mask, idx)))
             outs.append(output_to_prediction(out, self.task_))
             order.append(idx)
         model.train(was_training)
