@@ -55,3 +55,77 @@ class TransformerSeqEncoder(nn.Module):
         pad = ~present
         pad = pad & present.any(dim=1, keepdim=True)
         return self.encoder(h, src_key_padding_mask=pad)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the present positions of ``mask`` (pred/target (..., D), mask (...)); 0 if none."""
+    w = mask.to(pred.dtype).unsqueeze(-1)
+    sq = ((pred - target) ** 2 * w).sum()
+    return sq / (w.sum() * pred.shape[-1]).clamp_min(1.0)
+
+
+# recurrent encoders over present frames (TFN, LMF, MISA, EF-LSTM) ------------------------------------------------
+def compact_present(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move the present frames of x (B, T, D) to the front, in their original order; zero the rest.
+
+    Returns the compacted tensor, cut to the largest count (at least one frame), and the counts (B,).
+    """
+    order = torch.argsort((~mask).to(torch.int32), dim=1, stable=True)
+    counts = mask.sum(dim=1)
+    width = max(int(counts.max()) if counts.numel() else 1, 1)
+    order = order[:, :width]
+    out = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    keep = torch.arange(width, device=x.device)[None, :] < counts[:, None]
+    return out * keep.unsqueeze(-1).to(out.dtype), counts
+
+
+def last_present_output(rnn: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The top-layer state of a unidirectional batch-first RNN after the last present frame of x (B, T, D).
+
+    The RNN reads only the present frames, in order (padding and dropped frames are skipped), which equals its
+    final hidden state on a packed sequence of those frames. A sample without any present frame gets zeros
+    (the initial state).
+    """
+    xc, counts = compact_present(x, mask)
+    out, _ = rnn(xc)
+    idx = (counts - 1).clamp_min(0).view(-1, 1, 1).expand(-1, 1, out.shape[-1])
+    last = out.gather(1, idx).squeeze(1)
+    return last * (counts > 0).unsqueeze(-1).to(last.dtype)
+
+
+class SubNet(nn.Module):
+    """TFN's pre-fusion network for a pooled vector: BatchNorm, dropout, three Linear + ReLU layers."""
+
+    def __init__(self, in_size: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(in_size)
+        self.drop = nn.Dropout(dropout)
+        self.net = nn.Sequential(nn.Linear(in_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, hidden), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.drop(self.norm(x)))
+
+
+class TextSubNet(nn.Module):
+    """TFN's text network: a one-layer LSTM over the present words, its final state, dropout, a Linear layer."""
+
+    def __init__(self, in_size: int, hidden: int, out_size: int, dropout: float) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(in_size, hidden, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, out_size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(last_present_output(self.rnn, x, mask)))
+
+
+def fused_adam(param_groups: list, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """Adam (same update rule as torch's default) with the fused kernel where the parameters' device has one.
+
+    The fused kernel makes a step several times faster for large layers such as TFN's post-fusion layer.
+    """
+    groups = param_groups if param_groups and isinstance(param_groups[0], dict) else [{"params": param_groups}]
+    devices = {p.device.type for g in groups for p in g["params"]}
+    fused = bool(devices) and devices <= {"cpu", "cuda"}
+    return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)

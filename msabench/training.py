@@ -234,7 +234,10 @@ class TorchMethod(Method):
         return [torch.arange(s, min(s + step, n), device=self.device_) for s in range(0, n, step)]
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        """Adam, with the fused kernel where the device has one (same update rule, several times faster)."""
+        devices = {p.device.type for p in params}
+        fused = bool(devices) and devices <= {"cpu", "cuda"}
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
 
     @torch.no_grad()
     def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask,
