@@ -64,10 +64,13 @@ class RunSpec:
 
     @property
     def key(self) -> str:
+        """Stable id: hash of method, resolved hyperparameters, dataset fingerprint, protocol (+ params), seed."""
+        # an epoch count already in the hyperparameters is not counted twice (--epochs 2 == --set epochs=2)
+        epochs = None if "epochs" in self.params else self.epochs
         ident = {
             "method": self.method, "params": self.params, "dataset_fingerprint": self.dataset_fingerprint,
             "protocol": self.protocol, "protocol_params": self.protocol_params, "seed": self.seed,
-            "epochs": self.epochs,
+            "epochs": epochs,
         }
         return params_hash(ident) + params_hash({"tag": self.tag})[:4]
 
@@ -85,6 +88,7 @@ class ExecOptions:
     save_predictions: bool = False
     save_model: bool = False
     progress: bool = True
+    threads: int | None = None  # torch CPU threads per run; None: unchanged in process, 1 in worker processes
 
 
 # environment ------------------------------------------------------------------------------------------------------
@@ -128,6 +132,7 @@ def git_commit() -> str:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (every device) from the run seed."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -140,10 +145,20 @@ def _load_cached(spec: str, options_json: str) -> MultimodalDataset:
 
 
 def load_dataset_cached(spec: str, options: dict[str, Any] | None = None) -> MultimodalDataset:
+    """Load a dataset once per process (the last few are kept in memory)."""
     return _load_cached(spec, json.dumps(options or {}, sort_keys=True))
 
 
+def absolute_dataset_spec(spec: str) -> str:
+    """``mmsa:data/x.pkl`` → ``mmsa:/abs/data/x.pkl``, so worker processes elsewhere find the same file."""
+    name, path = split_spec(spec, DATASETS)
+    if path and not Path(path).is_absolute():
+        return f"{name}:{Path(path).resolve()}"
+    return spec
+
+
 def make_protocol(name: str, params: dict[str, Any]) -> EvalProtocol:
+    """The protocol ``name`` with coerced parameters."""
     cls = PROTOCOLS.get(name)
     return cls(**resolve_params(cls, params))
 
@@ -187,13 +202,19 @@ def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
 
 
 def evaluate(method: Method, dataset: MultimodalDataset, protocol: EvalProtocol, splits: Iterable[str],
-             keep_predictions: bool = False) -> tuple[list[dict[str, Any]], pd.DataFrame | None]:
-    """Metrics of one trained model under every condition of ``protocol`` on each split."""
+             keep_predictions: bool = False, device: torch.device | str | None = None,
+             ) -> tuple[list[dict[str, Any]], pd.DataFrame | None]:
+    """Metrics of one trained model under every condition of ``protocol`` on each split.
+
+    With ``device``, each split is moved there once (not once per condition).
+    """
     rows, pred_frames = [], []
     task = dataset.task
     for split_name in splits:
         split = dataset[split_name]
         labels = split.labels.cpu().numpy()
+        if device is not None:
+            split = split.to(device)
         for condition in protocol.conditions():
             mask = protocol.mask(split, condition, dataset.fingerprint)
             pred = np.asarray(method.predict(split, mask))
@@ -232,16 +253,27 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
     """Train, evaluate under every condition, and package rows + provenance (stored by the caller)."""
     if options.deterministic:
         set_deterministic()
+    if options.threads:
+        torch.set_num_threads(options.threads)
     dataset = dataset or load_dataset_cached(spec.dataset, spec.dataset_options)
     if dataset.fingerprint != spec.dataset_fingerprint:
         raise RunError(f"dataset {spec.dataset} changed since the run was planned (fingerprint "
                        f"{dataset.fingerprint} != {spec.dataset_fingerprint})")
     started = datetime.now(timezone.utc)
     method, protocol, train_seconds = fit_method(spec, dataset, options)
-    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions)
-    finished = datetime.now(timezone.utc)
     device = resolve_device(options.device)
+    eval_start = time.perf_counter()
+    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions, device=device)
+    eval_seconds = time.perf_counter() - eval_start
+    finished = datetime.now(timezone.utc)
     info = provenance(spec, dataset, protocol, device, started, finished, train_seconds)
+    info.update({
+        "eval_seconds": round(eval_seconds, 3),
+        "amp": bool(options.amp and device.type == "cuda"),
+        "deterministic": options.deterministic,
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+    })
     info["training_curve"] = method.training_curve()
     info["mask_hashes"] = {f"{r['split']}/{r['condition']}": r["mask_hash"] for r in rows}
     frame = pd.DataFrame(rows)
@@ -302,6 +334,7 @@ ROW_COLUMNS = [
 
 
 def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
+    """The ROW_COLUMNS values of a run (dicts as sorted JSON)."""
     out = {}
     for col in ROW_COLUMNS:
         value = info[col]
@@ -309,9 +342,11 @@ def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _execute_in_worker(spec: RunSpec, options: ExecOptions) -> RunRecord:
-    torch.set_num_threads(1)
-    return execute_run(spec, options)
+def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None) -> RunRecord:
+    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes."""
+    torch.set_num_threads(options.threads or 1)
+    dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
+    return execute_run(spec, options, dataset)
 
 
 # a grid -------------------------------------------------------------------------------------------------------
@@ -330,11 +365,22 @@ class RunRequest:
     tag: str = ""
 
 
-def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDataset]]:
-    """Resolve and check everything (names, hyperparameters, task support); no training. Raises RunError."""
+class RunFailed(RuntimeError):
+    """Some runs of a grid raised; the others were stored. Rerunning the same command retries the failed ones."""
+
+
+REBUILD_EVERY_S = 10.0  # results.csv is rewritten at most this often during a grid, and always at its end
+
+
+def check_request(request: RunRequest) -> EvalProtocol:
+    """Names, protocol parameters, seeds and epochs; cheap (loads no data). Raises RunError."""
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
 
+    if not request.methods:
+        raise RunError("no method given: use --method NAME (see 'msabench list methods')")
+    if not request.datasets:
+        raise RunError("no dataset given: use --dataset NAME (see 'msabench list datasets')")
     try:
         protocol = make_protocol(request.protocol, request.protocol_params)
         for m in request.methods:
@@ -345,8 +391,21 @@ def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDatase
         raise RunError(str(exc)) from None
     if not request.seeds:
         raise RunError("no seeds given; use --seeds 1111,1112,...")
+    if request.epochs is not None and int(request.epochs) < 1:
+        raise RunError(f"--epochs must be at least 1, got {request.epochs}")
+    return protocol
+
+
+def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDataset]]:
+    """Resolve and check everything (names, hyperparameters, task support); no training. Raises RunError.
+
+    Specs come in request order (dataset, method, seed), each key once.
+    """
+    from msabench.params import ParameterError
+
+    protocol = check_request(request)
     datasets: dict[str, MultimodalDataset] = {}
-    specs = []
+    specs: dict[str, RunSpec] = {}
     for d in request.datasets:
         try:
             datasets[d] = load_dataset_cached(d, request.dataset_options)
@@ -361,15 +420,47 @@ def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDatase
             except (ParameterError, ValueError, TypeError) as exc:
                 raise RunError(str(exc)) from None
             for seed in request.seeds:
-                specs.append(RunSpec(m, params, d, dict(request.dataset_options), ds.fingerprint, request.protocol,
-                                     protocol.get_params(), int(seed), request.epochs, request.tag))
-    return specs, datasets
+                spec = RunSpec(m, params, d, dict(request.dataset_options), ds.fingerprint, request.protocol,
+                               protocol.get_params(), int(seed), request.epochs, request.tag)
+                specs.setdefault(spec.key, spec)
+    return list(specs.values()), datasets
+
+
+def parse_scheduler(scheduler: str) -> tuple[str, int | str]:
+    """``local`` / ``local:N`` → ("local", N); ``tcp://HOST:PORT`` (or another Dask address) → ("address", it)."""
+    text = scheduler.strip()
+    if text == "local" or text.startswith("local:"):
+        _, _, n = text.partition(":")
+        try:
+            workers = int(n) if n else 2
+        except ValueError:
+            workers = 0
+        if workers < 1:
+            raise RunError(f"--scheduler {scheduler!r}: use local:N with N >= 1 workers, or tcp://HOST:8786")
+        return "local", workers
+    if "://" in text or (":" in text and text.rsplit(":", 1)[1].isdigit()):
+        return "address", text
+    raise RunError(f"--scheduler {scheduler!r} is not a Dask address: use tcp://HOST:8786 or local:N")
 
 
 def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: ExecOptions | None = None,
              workers: int = 1, scheduler: str | None = None) -> pd.DataFrame:
-    """Carry out ``request``; finished runs already in ``out`` are skipped. Returns all rows in ``out``."""
+    """Carry out ``request``; finished runs already in ``out`` are skipped. Returns all rows in ``out``.
+
+    Everything is checked before any training starts (RunError / StoreError). A run that raises does not stop
+    the others; they are stored and RunFailed is raised at the end.
+    """
     options = options or ExecOptions()
+    if options.deterministic:
+        set_deterministic()
+    if workers < 1:
+        raise RunError(f"--workers must be at least 1, got {workers}")
+    if options.threads is not None and options.threads < 1:
+        raise RunError(f"threads must be at least 1, got {options.threads}")
+    if scheduler:
+        parse_scheduler(scheduler)
+    resolve_device(options.device)
+    check_request(request)
     store = ResultsStore(out)
     store.ensure_writable()
     specs, datasets = plan(request)
@@ -377,56 +468,114 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     todo = [s for s in specs if s.key not in done]
     if len(todo) < len(specs):
         log.info("skipping %d finished runs already in %s", len(specs) - len(todo), out)
-    if options.deterministic:
-        set_deterministic()
+    failed: list[tuple[RunSpec, BaseException]] = []
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not options.progress or not todo)
+    last_rebuild = time.monotonic()
     try:
-        for record in _execute_all(todo, options, datasets, workers, scheduler):
-            store.save(record)
-            store.rebuild_results()
+        for spec, record, error in _execute_all(todo, options, datasets, workers, scheduler):
+            if error is not None:
+                log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
+                          type(error).__name__, error, exc_info=error)
+                failed.append((spec, error))
+            else:
+                store.save(record)
+                if time.monotonic() - last_rebuild >= REBUILD_EVERY_S:
+                    store.rebuild_results()
+                    last_rebuild = time.monotonic()
+                bar.set_postfix_str(f"{spec.method} seed {spec.seed} done", refresh=False)
             bar.update(1)
     finally:
         bar.close()
-    return store.rebuild_results()
+        rows = store.rebuild_results()
+    if failed:
+        names = "; ".join(f"{s.method} seed {s.seed} ({type(e).__name__}: {e})" for s, e in failed[:5])
+        raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {names}. The others are stored in {out}; "
+                        f"rerun the same command to retry the failed runs")
+    return rows
+
+
+Outcome = tuple[RunSpec, "RunRecord | None", "BaseException | None"]
 
 
 def _execute_all(todo: list[RunSpec], options: ExecOptions, datasets: dict[str, MultimodalDataset],
-                 workers: int, scheduler: str | None) -> Iterable[RunRecord]:
+                 workers: int, scheduler: str | None) -> Iterable[Outcome]:
+    """Run each spec in process, in a local process pool or on Dask; yield (spec, record, error) as they end."""
+    if not todo:
+        return
     if scheduler:
         yield from _execute_dask(todo, options, scheduler)
     elif workers > 1 and len(todo) > 1:
-        import multiprocessing
-
-        worker_opts = ExecOptions(**{**asdict(options), "progress": False})
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_execute_in_worker, s, worker_opts) for s in todo]
-            for fut in as_completed(futures):
-                yield fut.result()
+        yield from _execute_pool(todo, options, workers)
     else:
         for spec in todo:
-            yield execute_run(spec, options, datasets.get(spec.dataset))
+            try:
+                record = execute_run(spec, options, datasets.get(spec.dataset))
+            except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
+                yield spec, None, exc
+            else:
+                yield spec, record, None
 
 
-def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[RunRecord]:
-    """Send each run to a Dask cluster (``tcp://HOST:PORT``) or a LocalCluster (``local:N``)."""
-    from dask.distributed import Client, LocalCluster
-    from dask.distributed import as_completed as dask_as_completed
+def _worker_options(options: ExecOptions) -> ExecOptions:
+    return ExecOptions(**{**asdict(options), "progress": False})
 
-    worker_opts = ExecOptions(**{**asdict(options), "progress": False})
-    cluster = None
-    if scheduler.startswith("local"):
-        _, _, n = scheduler.partition(":")
-        cluster = LocalCluster(n_workers=int(n or 2), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
+
+def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> Iterable[Outcome]:
+    import multiprocessing
+
+    worker_opts = _worker_options(options)
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = [client.submit(_execute_in_worker, s, worker_opts, key=f"msabench-{s.key}", pure=False)
-                   for s in todo]
-        for fut in dask_as_completed(futures):
-            yield fut.result()
+        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset)): s
+                   for s in todo}
+        for fut in as_completed(futures):
+            try:
+                yield futures[fut], fut.result(), None
+            except Exception as exc:  # noqa: BLE001
+                yield futures[fut], None, exc
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[Outcome]:
+    """Send each run to a Dask cluster (``tcp://HOST:PORT``) or a LocalCluster (``local:N``); results come back
+    to this process, which alone writes the store."""
+    try:
+        from dask.distributed import Client, LocalCluster
+        from dask.distributed import as_completed as dask_as_completed
+    except ImportError:
+        raise RunError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
+
+    kind, target = parse_scheduler(scheduler)
+    worker_opts = _worker_options(options)
+    cluster = None
+    try:
+        if kind == "local":
+            cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(str(target), timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        if cluster is not None:
+            cluster.close()
+        raise RunError(f"cannot reach the Dask scheduler at {scheduler}: {exc}. Start one (dask scheduler, or "
+                       f"a dask-jobqueue cluster) and pass its address, or use --scheduler local:N") from None
+    futures = {}
+    try:
+        for s in todo:
+            fut = client.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset),
+                                key=f"msabench-run-{s.key}", pure=False, retries=0)
+            futures[fut.key] = (fut, s)
+        for fut in dask_as_completed([f for f, _ in futures.values()]):
+            spec = futures[fut.key][1]
+            try:
+                yield spec, fut.result(), None
+            except Exception as exc:  # noqa: BLE001
+                yield spec, None, exc
+            fut.release()
+    finally:
+        client.cancel([f for f, _ in futures.values()])
         client.close()
         if cluster is not None:
             cluster.close()

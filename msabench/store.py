@@ -9,19 +9,27 @@ Layout under ``DIR``::
     results.csv                      every run's rows (rebuilt from runs/; Parquet too if pyarrow is installed)
 
 A run is stored by writing a hidden temporary directory and renaming it into place, so a killed process
-(even ``kill -9``) leaves either the whole run or nothing. Everything downstream reads only this store.
+(even ``kill -9``) leaves either the whole run or nothing. A run directory counts only once its ``run.json``
+exists (written last). Everything downstream reads only this store; ``runs/`` is the source of truth and
+``results.csv`` can always be rebuilt from it.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+# a temporary run directory is named .tmp-<key>-<host>-<pid>-<random>; one whose writer is gone is cleaned up
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 24 * 3600  # tmp dirs of another host are removed only after this long
 
 
 class StoreError(OSError):
@@ -40,13 +48,58 @@ class RunRecord:
     extra_files: dict[str, bytes] = field(default_factory=dict)
 
 
+def _host() -> str:
+    return socket.gethostname().replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
+    """A temporary run directory whose writing process has ended (same host) or that is a day old."""
+    parts = path.name[len(TMP_PREFIX):].split("-")
+    if len(parts) >= 4 and parts[-3] == _host():
+        try:
+            return not _pid_alive(int(parts[-2]))
+        except ValueError:
+            return True
+    try:
+        age = (now or time.time()) - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_TMP_SECONDS
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 class ResultsStore:
+    """Finished runs under ``root/runs/<key>/`` and the combined ``root/results.csv``."""
+
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
+        self._rows_cache: dict[str, pd.DataFrame] = {}
 
     def ensure_writable(self) -> None:
-        """Create the directory and check that it can be written; a clear error if not."""
+        """Create the directory and check that it can be written; a clear error if not. Cleans stale tmp dirs."""
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.runs_dir, prefix=".probe-"):
@@ -55,13 +108,25 @@ class ResultsStore:
             raise StoreError(
                 f"cannot write results to {self.root}: {exc.strerror or exc}. Choose another directory with --out"
             ) from None
-        for stale in self.runs_dir.glob(".tmp-*"):  # left by a killed process
-            shutil.rmtree(stale, ignore_errors=True)
+        self.clean_stale()
+
+    def clean_stale(self) -> list[Path]:
+        """Remove temporary run directories left by killed processes; returns what was removed."""
+        removed = []
+        if not self.runs_dir.exists():
+            return removed
+        for tmp in self.runs_dir.glob(TMP_PREFIX + "*"):
+            if tmp.is_dir() and _tmp_is_stale(tmp):
+                shutil.rmtree(tmp, ignore_errors=True)
+                removed.append(tmp)
+        return removed
 
     def has(self, key: str) -> bool:
+        """Whether the finished run ``key`` is stored."""
         return (self.runs_dir / key / "run.json").exists()
 
     def keys(self) -> set[str]:
+        """Keys of every finished run (hidden and incomplete directories are ignored)."""
         if not self.runs_dir.exists():
             return set()
         return {p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and (p / "run.json").exists()}
@@ -69,38 +134,58 @@ class ResultsStore:
     def save(self, record: RunRecord) -> bool:
         """Store a finished run atomically; False if a run with this key was already there."""
         final = self.runs_dir / record.key
-        if final.exists():
+        if self.has(record.key):
             return False
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{record.key}-", dir=self.runs_dir))
-        record.rows.to_csv(tmp / "rows.csv", index=False)
-        if record.predictions is not None:
-            record.predictions.to_csv(tmp / "predictions.csv", index=False)
-        if record.model_state is not None:
-            import torch
-
-            torch.save(record.model_state, tmp / "model.pt")
-        for name, data in record.extra_files.items():
-            (tmp / name).write_bytes(data)
-        (tmp / "run.json").write_text(json.dumps(record.info, indent=2, default=str))  # last: marks completeness
-        for path in tmp.iterdir():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{record.key}-{_host()}-{os.getpid()}-", dir=self.runs_dir))
         try:
+            record.rows.to_csv(tmp / "rows.csv", index=False)
+            if record.predictions is not None:
+                record.predictions.to_csv(tmp / "predictions.csv", index=False)
+            if record.model_state is not None:
+                import torch
+
+                torch.save(record.model_state, tmp / "model.pt")
+            for name, data in record.extra_files.items():
+                (tmp / name).write_bytes(data)
+            (tmp / "run.json").write_text(json.dumps(record.info, indent=2, default=str))  # last: marks completeness
+            for path in tmp.iterdir():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            if final.exists():  # a directory without run.json is not a run (never written by save); replace it
+                shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
-            return False
+            if self.has(record.key):  # another process stored the same run first
+                return False
+            raise
+        _fsync_dir(self.runs_dir)
         return True
 
     def rows(self) -> pd.DataFrame:
-        """All stored rows (from the per-run files, the source of truth)."""
-        frames = [read_rows_csv(self.runs_dir / key / "rows.csv") for key in sorted(self.keys())]
+        """All stored rows (from the per-run files, the source of truth); each run's file is read once."""
+        keys = sorted(self.keys())
+        for key in keys:
+            if key not in self._rows_cache:
+                self._rows_cache[key] = read_rows_csv(self.runs_dir / key / "rows.csv")
+        frames = [self._rows_cache[k] for k in keys]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
 
     def run_info(self, key: str) -> dict[str, Any]:
+        """The ``run.json`` of a stored run."""
         return json.loads((self.runs_dir / key / "run.json").read_text())
+
+    def predictions(self, key: str) -> pd.DataFrame:
+        """The per-sample predictions of a stored run (saved with ``--save-predictions``)."""
+        path = self.runs_dir / key / "predictions.csv"
+        if not path.exists():
+            raise FileNotFoundError(f"run {key} has no predictions; rerun it with --save-predictions into a new --out")
+        return pd.read_csv(path, dtype={"run_id": str, "split": str, "condition": str, "sample_id": str},
+                           keep_default_na=False, na_values=[""])
 
     def rebuild_results(self) -> pd.DataFrame:
         """Rewrite ``results.csv`` (and ``results.parquet``) from the per-run files, atomically."""
@@ -113,7 +198,9 @@ class ResultsStore:
             import pyarrow  # noqa: F401
         except ImportError:
             return rows
-        if not rows.empty:
+        if rows.empty:
+            (self.root / "results.parquet").unlink(missing_ok=True)
+        else:
             tmp_pq = self.root / f".results-{os.getpid()}.parquet"
             rows.astype({c: str for c in rows.columns if rows[c].dtype == object}).to_parquet(tmp_pq, index=False)
             os.replace(tmp_pq, self.root / "results.parquet")
