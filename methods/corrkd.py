@@ -368,16 +368,16 @@ class CorrKD(TorchMethod):
         """The frozen teacher's joint representations (N, d) and class logits (N, C) on the complete train split."""
         full = self.prepare(train)
         full_mask = full.split.padding_mask()
-        feats, bert = full.masked(full_mask)
         was_training = teacher.training
         teacher.eval()
         hs, logits, order = [], [], []
         for idx in self.eval_batches(full.split):
+            batch = full.masked_batch(full_mask, idx)
             with self.autocast():
-                out = teacher(full.batch(feats, bert, full_mask, idx))
+                out = teacher(batch)
             hs.append(out["h"].float())
             logits.append(out["logits"].float())
-            order.append(idx)
+            order.append(batch.index)
         teacher.train(was_training)
         index = torch.cat(order)
         h = torch.empty((len(full.split), hs[0].shape[1]), device=self.device_)

@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = build_request(args)
     options = ExecOptions(device=args.device, amp=not args.no_amp, deterministic=args.deterministic,
                           save_predictions=args.save_predictions, save_model=args.save_model,
-                          progress=not args.quiet)
+                          progress=not args.quiet, threads=args.threads)
     rows = run_grid(request, out=args.out, options=options, workers=args.workers, scheduler=args.scheduler)
     rows = rows[rows["method"].isin(request.methods) & rows["protocol"].eq(request.protocol)] if not rows.empty else rows
     table = summary_table(rows)
@@ -161,6 +161,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-predictions", action="store_true", help="write per-sample predictions per run")
     p.add_argument("--save-model", action="store_true", help="write each run's inference model (model.pt)")
     p.add_argument("--workers", type=int, default=1, help="parallel runs in local processes (default 1)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's choice in this "
+                                               "process, 1 in worker processes; thread count changes the last "
+                                               "digits, so pass 1 to reproduce worker numbers sequentially)")
     p.add_argument("--scheduler", help="Dask scheduler: tcp://HOST:8786, or local:N for a LocalCluster of N workers")
     p.add_argument("--tag", help="a label stored with every row (e.g. a tuning study name)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables, warnings only")
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     from msabench.leaderboard import LeaderboardError
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
-    from msabench.runner import RunError
+    from msabench.runner import RunError, RunFailed
     from msabench.store import StoreError
 
     parser = build_parser()
@@ -238,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
             FileNotFoundError) as exc:
         print(f"msabench: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:  # some runs raised at run time; the others were stored
+        print(f"msabench: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

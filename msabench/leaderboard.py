@@ -134,6 +134,13 @@ def _protocol_labels(rows: pd.DataFrame) -> pd.Series:
     return labels
 
 
+def _tags_identify_variants(key: pd.Series, tags: pd.Series) -> bool:
+    """True when tags and configurations correspond one to one (each tag one configuration and vice versa)."""
+    if tags.nunique() < 2:
+        return False
+    return bool(key.groupby(tags).nunique().max() == 1 and tags.groupby(key).nunique().max() == 1)
+
+
 def _entry_labels(rows: pd.DataFrame) -> pd.Series:
     """``method``, or ``method [params_hash, ...]`` where one method has runs of several configurations."""
     cols = [c for c in VARIANT_COLUMNS if c in rows]
@@ -146,6 +153,11 @@ def _entry_labels(rows: pd.DataFrame) -> pd.Series:
             continue
         sub = rows.loc[idx, cols].astype(str)
         differing = [c for c in cols if sub[c].nunique() > 1]
+        if "tag" in sub and _tags_identify_variants(key.loc[idx], sub["tag"]):
+            # named variants (e.g. ablations run with --tag no-scd): label them by their tag
+            tags = sub["tag"]
+            labels.loc[idx] = rows.loc[idx, "method"].astype(str) + tags.map(lambda t: f" [{t}]" if t else "")
+            continue
         fmt = {"params_hash": "{}", "msabench_version": "msabench {}", "method_package_version": "package {}",
                "tag": "tag={}", "epochs": "epochs={}"}
         parts = sub[differing].apply(lambda r: ", ".join(fmt[c].format(r[c]) for c in differing), axis=1)

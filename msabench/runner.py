@@ -249,6 +249,12 @@ def prediction_frame(split: str, condition: str, ids: list[str], labels: np.ndar
     return frame
 
 
+def fitted_facts(method: Method) -> dict[str, Any]:
+    """Scalar fitted attributes (scikit-learn's trailing underscore), e.g. GCNet's ``conversation_mode_``."""
+    return {k: v for k, v in vars(method).items()
+            if k.endswith("_") and not k.startswith("_") and isinstance(v, (str, int, float, bool))}
+
+
 def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset | None = None) -> RunRecord:
     """Train, evaluate under every condition, and package rows + provenance (stored by the caller)."""
     if options.deterministic:
@@ -275,6 +281,7 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
         "hostname": platform.node(),
     })
     info["training_curve"] = method.training_curve()
+    info["fitted"] = fitted_facts(method)
     info["mask_hashes"] = {f"{r['split']}/{r['condition']}": r["mask_hash"] for r in rows}
     frame = pd.DataFrame(rows)
     for col, value in reversed(list(row_provenance(info).items())):

@@ -55,8 +55,9 @@ class PreparedSplit:
             bert = apply_mask_bert(bert, mask["l"])
         return feats, bert
 
-    def masked_batch(self, mask: Mask, idx: torch.Tensor) -> Batch:
-        """The batch at ``idx`` with ``mask`` applied to just those rows (no masked copy of the whole split)."""
+    def masked_batch(self, mask: Mask, idx: torch.Tensor | slice) -> Batch:
+        """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
+        applied to just those rows (no masked copy of the whole split)."""
         batch_mask = {m: x[idx] for m, x in mask.items()}
         feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
         bert = self.split.text_bert
@@ -65,8 +66,9 @@ class PreparedSplit:
             if bert.shape[-1] == batch_mask["l"].shape[1]:
                 bert = apply_mask_bert(bert, batch_mask["l"])
         s = self.split
+        index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
         return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
-                     labels=s.labels[idx], index=idx, text_bert=bert)
+                     labels=s.labels[idx], index=index, text_bert=bert)
 
     def batch(self, feats: dict[str, torch.Tensor], bert: torch.Tensor | None, mask: Mask,
               idx: torch.Tensor) -> Batch:
@@ -142,6 +144,7 @@ class TorchMethod(Method):
         self.task_ = context.task
         self.amp_ = bool(context.amp and self.device_.type == "cuda")
         self.scaler_ = fit_scaler(train.to(self.device_)) if self.standardize else None
+        self._prepared_cache = None
         self.curve_: list[dict[str, float]] = []
 
     def prepare(self, split: Split) -> PreparedSplit:
@@ -227,11 +230,14 @@ class TorchMethod(Method):
         batches = [order[s:s + self.batch_size] for s in range(0, n, self.batch_size)]
         return [b for b in batches if len(b) >= 2 or n == 1]
 
-    def eval_batches(self, split: Split) -> list[torch.Tensor]:
-        """Index tensors covering every sample once, for prediction (order does not matter)."""
+    def eval_batches(self, split: Split) -> list[torch.Tensor | slice]:
+        """Index tensors or slices covering every sample once, for prediction (order does not matter).
+
+        The default is contiguous slices, so evaluation batches are views, not copies.
+        """
         n = len(split)
         step = max(self.batch_size, 256)
-        return [torch.arange(s, min(s + step, n), device=self.device_) for s in range(0, n, step)]
+        return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """Adam, with the fused kernel where the device has one (same update rule, several times faster)."""
@@ -249,10 +255,11 @@ class TorchMethod(Method):
         mask = {m: x.to(self.device_) for m, x in mask.items()}
         outs, order = [], []
         for idx in self.eval_batches(prepared.split):
+            batch = prepared.masked_batch(mask, idx)
             with self.autocast():
-                out = pick_prediction(forward(model, prepared.masked_batch(mask, idx)))
+                out = pick_prediction(forward(model, batch))
             outs.append(output_to_prediction(out, self.task_))
-            order.append(idx)
+            order.append(batch.index)
         model.train(was_training)
         pred, index = torch.cat(outs), torch.cat(order)
         if index.shape[0] != len(prepared.split):
@@ -273,7 +280,15 @@ class TorchMethod(Method):
         return float(np.mean(scores))
 
     def predict(self, split: Split, mask: Mask) -> np.ndarray:
-        return self.raw_outputs(self.model_, self.prepare(split), mask).cpu().numpy()
+        return self.raw_outputs(self.model_, self.prepared(split), mask).cpu().numpy()
+
+    def prepared(self, split: Split) -> PreparedSplit:
+        """:meth:`prepare`, cached for the last split seen (one split is predicted under many conditions)."""
+        cache = getattr(self, "_prepared_cache", None)
+        if cache is None or cache[0] is not split:
+            cache = (split, self.prepare(split))
+            self._prepared_cache = cache
+        return cache[1]
 
     def inference_state(self) -> dict[str, Any]:
         return {"model": self.model_.state_dict(), "scaler": self.scaler_}

@@ -290,3 +290,18 @@ def test_cli_leaderboard_md_and_csv(tmp_path, capsys):
     a = csv[(csv["method"] == "A") & (csv["condition"] == "{l}")].iloc[0]
     assert float(a["mean"]) == pytest.approx(0.6) and int(a["n"]) == 2
     assert sorted(a["run_ids"].split(";")) == sorted(rows[rows["method"] == "A"]["run_id"].unique())
+
+
+def test_tagged_variants_are_labelled_by_tag():
+    from msabench.leaderboard import _entry_labels
+
+    rows = pd.DataFrame({
+        "method": ["corrkd"] * 4, "dataset": ["d"] * 4, "protocol_label": ["p"] * 4,
+        "params_hash": ["aaa", "aaa", "bbb", "bbb"], "msabench_version": ["0.1.0"] * 4,
+        "method_package_version": ["0.1.0"] * 4, "tag": ["", "", "no-scd", "no-scd"], "epochs": ["5"] * 4,
+    })
+    assert list(_entry_labels(rows)) == ["corrkd", "corrkd", "corrkd [no-scd]", "corrkd [no-scd]"]
+    # a tag shared by two configurations does not identify them: fall back to the hashes
+    rows.loc[1, "params_hash"] = "ccc"
+    labels = list(_entry_labels(rows))
+    assert labels[0] != labels[1] and "aaa" in labels[0]

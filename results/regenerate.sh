@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Rebuilds the published studies in results/ from scratch (or resumes them: finished runs are skipped).
+# Usage: bash results/regenerate.sh [STAGE...]   stages: real synthetic-mosi synthetic-iemocap tables (default: all)
+# CPU only (2 cores, --workers 2). Epoch caps and seeds per study are below and in results/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MOSI_REAL=mmsa:../shared/data/mosi-utterance/mosi_utterance.pkl
+FIVE=1111,1112,1113,1114,1115
+THREE=1111,1112,1113
+BASELINES=late-fusion,tfn,lmf,misa,ef-lstm,mult,self-mm,cubemlp,dmd,mctn,transm,smil,gcnet
+RUN=(msabench run --quiet --workers 2)
+
+corrkd_variants() {  # $1 = out dir, rest = common options: the CorrKD comparisons of the paper's ablation table
+  local out=$1; shift
+  "${RUN[@]}" --out "$out" --method corrkd "$@"
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-distill --set scd=false --set cpd=false --set rcd=off
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag teacher --set predict_with=teacher
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-scd --set scd=false
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-cpd --set cpd=false
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag rcd-kl --set rcd=kl
+}
+
+stage_real() {  # real CMU-MOSI, utterance level: every method, both protocols, 5 seeds, method default epochs
+  for p in modality-missing random-missing; do
+    corrkd_variants results/mosi-utterance --dataset "$MOSI_REAL" --protocol "$p" --seeds "$FIVE"
+    "${RUN[@]}" --out results/mosi-utterance --dataset "$MOSI_REAL" --protocol "$p" --seeds "$FIVE" --method "$BASELINES"
+  done
+}
+
+stage_synthetic_mosi() {  # synthetic-mosi: 3 seeds, 8 epochs per stage (CPU budget), modality-missing first
+  corrkd_variants results/synthetic-mosi --dataset synthetic-mosi --protocol modality-missing --seeds "$THREE" --epochs 8
+  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol modality-missing --seeds "$THREE" \
+    --epochs 8 --method "$BASELINES"
+  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol random-missing --seeds "$THREE" \
+    --epochs 8 --method corrkd,late-fusion
+  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol random-missing --seeds "$THREE" \
+    --epochs 8 --method corrkd --tag no-distill --set scd=false --set cpd=false --set rcd=off
+}
+
+stage_synthetic_iemocap() {  # synthetic-iemocap: CorrKD, its no-distillation student, late fusion; 3 seeds, 8 epochs
+  "${RUN[@]}" --out results/synthetic-iemocap --dataset synthetic-iemocap --protocol modality-missing \
+    --seeds "$THREE" --epochs 8 --method corrkd,late-fusion
+  "${RUN[@]}" --out results/synthetic-iemocap --dataset synthetic-iemocap --protocol modality-missing \
+    --seeds "$THREE" --epochs 8 --method corrkd --tag no-distill --set scd=false --set cpd=false --set rcd=off
+}
+
+stage_tables() {
+  for study in mosi-utterance synthetic-mosi synthetic-iemocap; do
+    dir=results/$study
+    [ -d "$dir/runs" ] || continue
+    for fmt in csv md; do
+      msabench leaderboard "$dir" --reference corrkd --baseline late-fusion --format "$fmt" --out "$dir/leaderboard.$fmt"
+    done
+    msabench plot heatmap "$dir" --out "$dir/figures" --format png,svg || true
+    msabench plot curves "$dir" --out "$dir/figures" --format png,svg || true
+  done
+}
+
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(real synthetic-mosi synthetic-iemocap tables)
+for s in "${stages[@]}"; do "stage_${s//-/_}"; done
