@@ -46,7 +46,7 @@ class EFLSTM(TorchMethod):
     requires_aligned = True
 
     def __init__(self, hidden: int = 128, num_layers: int = 4, dropout: float = 0.5, lr: float = 1e-3,
-                 batch_size: int = 32, epochs: int = 30, patience: int = 8, weight_decay: float = 5e-3,
+                 batch_size: int = 32, epochs: int = 30, patience: int = 8, weight_decay: float = 0.0,
                  **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
                          weight_decay=weight_decay, **kwargs)
