@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Rebuilds the published studies in results/ from scratch (or resumes them: finished runs are skipped).
-# Usage: bash results/regenerate.sh [STAGE...]   stages: real synthetic-mosi synthetic-iemocap tables (default: all)
+# Usage: bash results/regenerate.sh [STAGE...]   stages: real synthetic-mosi synthetic-iemocap real-slow tables
+# (default: all, in that order)
 # CPU only (2 cores, --workers 2). Epoch caps and seeds per study are below and in results/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,28 +21,42 @@ corrkd_variants() {  # $1 = out dir, rest = common options: the CorrKD compariso
   "${RUN[@]}" --out "$out" --method corrkd "$@" --tag rcd-kl --set rcd=kl
 }
 
-stage_real() {  # real CMU-MOSI, utterance level: every method, both protocols, 5 seeds, method default epochs
+stage_real() {  # real CMU-MOSI, utterance level: 5 seeds, method default epochs; cheap methods first
+  local common=(--out results/mosi-utterance --dataset "$MOSI_REAL" --seeds "$FIVE")
+  corrkd_variants results/mosi-utterance --dataset "$MOSI_REAL" --seeds "$FIVE" --protocol modality-missing
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method late-fusion,lmf,misa,ef-lstm,self-mm,mctn,transm,smil,gcnet,cubemlp
+  corrkd_variants results/mosi-utterance --dataset "$MOSI_REAL" --seeds "$FIVE" --protocol random-missing
+  "${RUN[@]}" "${common[@]}" --protocol random-missing --method late-fusion,lmf,misa,ef-lstm,self-mm,mctn,transm,smil,gcnet,cubemlp
+}
+
+stage_real_slow() {  # the heavy models on the real set (TFN's 35M-weight fusion layer, MulT, DMD)
+  local common=(--out results/mosi-utterance --dataset "$MOSI_REAL" --seeds "$FIVE")
   for p in modality-missing random-missing; do
-    corrkd_variants results/mosi-utterance --dataset "$MOSI_REAL" --protocol "$p" --seeds "$FIVE"
-    "${RUN[@]}" --out results/mosi-utterance --dataset "$MOSI_REAL" --protocol "$p" --seeds "$FIVE" --method "$BASELINES"
+    "${RUN[@]}" "${common[@]}" --protocol "$p" --method ef-lstm,mult,dmd
+  done
+  for p in modality-missing random-missing; do
+    "${RUN[@]}" "${common[@]}" --protocol "$p" --method tfn
   done
 }
 
-stage_synthetic_mosi() {  # synthetic-mosi: 3 seeds, 8 epochs per stage (CPU budget), modality-missing first
-  corrkd_variants results/synthetic-mosi --dataset synthetic-mosi --protocol modality-missing --seeds "$THREE" --epochs 8
-  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol modality-missing --seeds "$THREE" \
-    --epochs 8 --method "$BASELINES"
-  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol random-missing --seeds "$THREE" \
-    --epochs 8 --method corrkd,late-fusion
-  "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --protocol random-missing --seeds "$THREE" \
-    --epochs 8 --method corrkd --tag no-distill --set scd=false --set cpd=false --set rcd=off
+stage_synthetic_mosi() {  # synthetic-mosi, CPU budget: 3 seeds, 6 epochs per stage, modality-missing first
+  local common=(--out results/synthetic-mosi --dataset synthetic-mosi --seeds "$THREE" --epochs 6)
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd,late-fusion
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag no-distill \
+    --set scd=false --set cpd=false --set rcd=off
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag teacher --set predict_with=teacher
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method lmf,misa,ef-lstm,self-mm,mctn,transm,smil,gcnet
+  "${RUN[@]}" "${common[@]}" --protocol random-missing --method corrkd,late-fusion
+  "${RUN[@]}" "${common[@]}" --protocol random-missing --method corrkd --tag no-distill \
+    --set scd=false --set cpd=false --set rcd=off
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method cubemlp,mult,dmd,tfn
 }
 
-stage_synthetic_iemocap() {  # synthetic-iemocap: CorrKD, its no-distillation student, late fusion; 3 seeds, 8 epochs
-  "${RUN[@]}" --out results/synthetic-iemocap --dataset synthetic-iemocap --protocol modality-missing \
-    --seeds "$THREE" --epochs 8 --method corrkd,late-fusion
-  "${RUN[@]}" --out results/synthetic-iemocap --dataset synthetic-iemocap --protocol modality-missing \
-    --seeds "$THREE" --epochs 8 --method corrkd --tag no-distill --set scd=false --set cpd=false --set rcd=off
+stage_synthetic_iemocap() {  # synthetic-iemocap: CorrKD, its no-distillation student, late fusion; 3 seeds, 6 epochs
+  local common=(--out results/synthetic-iemocap --dataset synthetic-iemocap --seeds "$THREE" --epochs 6)
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd,late-fusion
+  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag no-distill \
+    --set scd=false --set cpd=false --set rcd=off
 }
 
 stage_tables() {
@@ -57,5 +72,5 @@ stage_tables() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(real synthetic-mosi synthetic-iemocap tables)
+[ ${#stages[@]} -gt 0 ] || stages=(real synthetic-mosi synthetic-iemocap real-slow tables)
 for s in "${stages[@]}"; do "stage_${s//-/_}"; done
