@@ -59,6 +59,13 @@ stage_synthetic_iemocap() {  # synthetic-iemocap: CorrKD, its no-distillation st
     --set scd=false --set cpd=false --set rcd=off
 }
 
+stage_synthetic_mosi_long() {  # CorrKD and its no-distillation student with 20 epochs per stage (see results/README.md)
+  local common=(--out results/synthetic-mosi --dataset synthetic-mosi --seeds "$THREE" --epochs 20
+                --protocol modality-missing)
+  "${RUN[@]}" "${common[@]}" --method corrkd --tag 20-epochs
+  "${RUN[@]}" "${common[@]}" --method corrkd --tag no-distill-20-epochs --set scd=false --set cpd=false --set rcd=off
+}
+
 stage_tables() {
   for study in mosi-utterance synthetic-mosi synthetic-iemocap; do
     dir=results/$study
