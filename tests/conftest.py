@@ -81,3 +81,14 @@ def shared_mosi_path() -> Path:
     if os.environ.get("CI"):
         pytest.fail(f"{SHARED_MOSI} is missing; CI must have ../shared beside the clone")
     pytest.skip(f"{SHARED_MOSI} not present")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for the test, restored afterwards (small models run faster without thread overhead)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

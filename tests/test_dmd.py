@@ -20,12 +20,7 @@ from msabench.methods.dmd import (
 from msabench.testing import check_method
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_check_method() -> None:
