@@ -8,8 +8,12 @@ open.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -19,6 +23,7 @@ from torch import nn
 from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.masks import derive_seed
 from msabench.method import FitContext
+from msabench.params import params_hash
 from msabench.methods._blocks import TransformerSeqEncoder, masked_mean, mlp
 from msabench.protocol import TRAINING_RECIPES, TrainingSchedule
 from msabench.training import Batch, TorchMethod, task_loss
@@ -27,6 +32,9 @@ log = logging.getLogger(__name__)
 
 RCD_MODES = ("mi", "kl", "off")
 PREDICT_WITH = ("student", "teacher")
+# the hyperparameters the teacher's training depends on (the distillation settings do not change the teacher)
+TEACHER_PARAMS = ("d", "heads", "layers", "dropout", "n_polarity", "ce_weight", "lr", "batch_size", "epochs",
+                  "patience", "weight_decay", "grad_clip", "standardize")
 
 
 # categories ------------------------------------------------------------------------------------------------------
@@ -317,12 +325,8 @@ class CorrKD(TorchMethod):
         task = context.task
         dims, seq_lens = train.dims(), train.seq_lens()
 
-        teacher = self.build(dims, seq_lens, task).to(self.device_)
-        teacher_only = self.predict_with == "teacher"
-        complete_valid = {"complete": valid.to(self.device_).padding_mask()}
-        teacher_context = context if teacher_only else replace(context, valid_masks=complete_valid, on_epoch=None)
-        self.train_model(teacher, train, valid, schedule.complete(), teacher_context, stage="teacher")
-        if teacher_only:
+        teacher = self._complete_data_teacher(train, valid, schedule, context)
+        if self.predict_with == "teacher":  # the very teacher the student would distil from, predicting itself
             self.model_ = teacher
             return self
 
@@ -344,6 +348,53 @@ class CorrKD(TorchMethod):
         self.model_ = student
         del teacher, critics, student_loss
         return self
+
+    def _complete_data_teacher(self, train: Split, valid: Split, schedule: TrainingSchedule,
+                               context: FitContext) -> nn.Module:
+        """The teacher trained on complete data and selected on the complete validation split.
+
+        It does not depend on the protocol or the distillation settings, so with ``context.cache_dir`` it is
+        trained once per (teacher hyperparameters, dataset, seed, device) and loaded by the other runs of a grid.
+        The student stage reseeds, so a cached teacher gives exactly the numbers of a freshly trained one.
+        """
+        teacher = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
+        path = self._teacher_cache_path(context)
+        if path is not None and path.exists():
+            saved = torch.load(path, map_location=self.device_, weights_only=True)
+            teacher.load_state_dict(saved["model"])
+            self.curve_.extend(saved["curve"])
+            self.teacher_source_ = f"cache:{path.stem}"
+            return teacher
+        complete_valid = {"complete": valid.to(self.device_).padding_mask()}
+        teacher_context = replace(context, valid_masks=complete_valid, on_epoch=None)
+        curve = self.train_model(teacher, train, valid, schedule.complete(), teacher_context, stage="teacher")
+        self.teacher_source_ = "trained"
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+            torch.save({"model": teacher.state_dict(), "curve": curve}, partial)
+            os.replace(partial, path)  # atomic: a killed run leaves no half-written teacher
+        return teacher
+
+    def _teacher_cache_path(self, context: FitContext) -> Path | None:
+        """OUT/cache/corrkd-teacher/<hash of everything the teacher's training depends on>.pt, or None."""
+        if not context.cache_dir or not context.dataset_fingerprint:
+            return None
+        code = hashlib.sha256()
+        for module in (__name__, TransformerSeqEncoder.__module__, TorchMethod.__module__):
+            code.update(Path(sys.modules[module].__file__).read_bytes())
+        ident = {
+            "params": {k: getattr(self, k) for k in TEACHER_PARAMS},
+            "epochs": context.epochs or self.epochs,
+            "dataset": context.dataset_fingerprint,
+            "seed": context.seed,
+            "device": str(self.device_),
+            "amp": self.amp_,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "code": code.hexdigest(),
+        }
+        return Path(context.cache_dir) / "corrkd-teacher" / f"{params_hash(ident)}.pt"
 
     def _student_loss_fn(self, teacher: nn.Module, critics: RCDCritics | None, train: Split,
                          seed: int) -> Callable[[Any, Batch, Task], torch.Tensor]:

@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = build_request(args)
     options = ExecOptions(device=args.device, amp=not args.no_amp, deterministic=args.deterministic,
                           save_predictions=args.save_predictions, save_model=args.save_model,
-                          progress=not args.quiet, threads=args.threads)
+                          progress=not args.quiet, threads=args.threads, cache=not args.no_cache)
     rows = run_grid(request, out=args.out, options=options, workers=args.workers, scheduler=args.scheduler)
     rows = rows[rows["method"].isin(request.methods) & rows["protocol"].eq(request.protocol)] if not rows.empty else rows
     table = summary_table(rows)
@@ -160,6 +160,9 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs", help="results directory (default runs/); finished runs are skipped")
     p.add_argument("--save-predictions", action="store_true", help="write per-sample predictions per run")
     p.add_argument("--save-model", action="store_true", help="write each run's inference model (model.pt)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not reuse artefacts between runs (CorrKD's teacher, kept in OUT/cache); numbers are the "
+                        "same either way")
     p.add_argument("--workers", type=int, default=1, help="parallel runs in local processes (default 1)")
     p.add_argument("--threads", type=int, help="torch CPU threads per run (default: torch's choice in this "
                                                "process, 1 in worker processes; thread count changes the last "

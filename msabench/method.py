@@ -25,7 +25,12 @@ class UnsupportedTaskError(ValueError):
 
 @dataclass
 class FitContext:
-    """What the runner tells a method about a run: task, seed, device, fixed validation masks, callbacks."""
+    """What the runner tells a method about a run: task, seed, device, fixed validation masks, callbacks.
+
+    ``cache_dir`` (with ``dataset_fingerprint``) lets a method reuse an expensive intermediate result across the
+    runs of one grid, e.g. CorrKD's teacher, which is the same for every distillation variant and protocol. A method
+    must give the same numbers with and without the cache.
+    """
 
     task: Task
     seed: int = 0
@@ -36,6 +41,8 @@ class FitContext:
     on_epoch: EpochCallback | None = None
     progress: bool = False
     aligned: bool = True
+    dataset_fingerprint: str = ""
+    cache_dir: str | None = None  # where a method may keep artefacts reusable across runs (None: no caching)
 
 
 class Method:

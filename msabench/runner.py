@@ -17,7 +17,7 @@ import random
 import subprocess
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -89,6 +89,8 @@ class ExecOptions:
     save_model: bool = False
     progress: bool = True
     threads: int | None = None  # torch CPU threads per run; None: unchanged in process, 1 in worker processes
+    cache: bool = True  # run_grid gives methods OUT/cache for artefacts shared between runs (CorrKD's teacher)
+    cache_dir: str | None = None  # set by run_grid from ``cache``; None: methods cache nothing
 
 
 # environment ------------------------------------------------------------------------------------------------------
@@ -194,6 +196,8 @@ def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
         on_epoch=on_epoch,
         progress=options.progress,
         aligned=dataset.aligned,
+        dataset_fingerprint=dataset.fingerprint,
+        cache_dir=options.cache_dir,
     )
     schedule = protocol.training_schedule(train, spec.seed, dataset.fingerprint)
     start = time.perf_counter()
@@ -470,6 +474,8 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     check_request(request)
     store = ResultsStore(out)
     store.ensure_writable()
+    if options.cache and options.cache_dir is None:
+        options = replace(options, cache_dir=str(Path(out).resolve() / "cache"))
     specs, datasets = plan(request)
     done = store.keys()
     todo = [s for s in specs if s.key not in done]

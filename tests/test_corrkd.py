@@ -318,3 +318,69 @@ def test_teacher_sees_the_same_samples_complete():
     h, z = method._teacher_outputs(teacher, train)
     assert torch.allclose(h[idx], direct["h"], atol=1e-5)
     assert torch.allclose(z[idx], direct["logits"], atol=1e-5)
+
+
+# the teacher cache shared by the runs of a grid ------------------------------------------------------------------
+def _fit_cached(cache_dir, protocol: str = "random-missing", **params) -> CorrKD:
+    dataset = tiny_datasets()["regression"]
+    proto = PROTOCOLS.get(protocol)()
+    conditions = proto.validation_conditions()
+    context = FitContext(task=dataset.task, seed=3, valid_masks=proto.masks(dataset.valid, dataset.fingerprint,
+                                                                            conditions),
+                         dataset_fingerprint=dataset.fingerprint, cache_dir=None if cache_dir is None else str(cache_dir))
+    schedule = proto.training_schedule(dataset.train, 3, dataset.fingerprint)
+    method = CorrKD(**{**QUICK, "epochs": 2, **params}).fit(dataset.train, dataset.valid, schedule, context)
+    mask = proto.mask(dataset.test, proto.conditions()[3], dataset.fingerprint)
+    method.test_prediction_ = method.predict(dataset.test, mask)
+    return method
+
+
+def test_cached_teacher_gives_exactly_the_numbers_of_a_fresh_one(tmp_path):
+    first = _fit_cached(tmp_path, scd=True)
+    assert first.teacher_source_ == "trained"
+    assert len(list((tmp_path / "corrkd-teacher").glob("*.pt"))) == 1
+    # another distillation variant under another protocol reuses the teacher ...
+    reused = _fit_cached(tmp_path, protocol="modality-missing", scd=False, rcd="kl")
+    assert reused.teacher_source_.startswith("cache:")
+    # ... and predicts exactly what the same variant predicts with a teacher trained from scratch
+    fresh = _fit_cached(None, protocol="modality-missing", scd=False, rcd="kl")
+    assert fresh.teacher_source_ == "trained"
+    np.testing.assert_array_equal(reused.test_prediction_, fresh.test_prediction_)
+    assert reused.training_curve() == fresh.training_curve()
+
+
+def test_teacher_cache_key_follows_the_teacher_settings(tmp_path):
+    _fit_cached(tmp_path)
+    assert _fit_cached(tmp_path, lr=2e-3).teacher_source_ == "trained"  # a teacher hyperparameter: new teacher
+    assert _fit_cached(tmp_path, eta=2.0).teacher_source_.startswith("cache:")  # a distillation one: same teacher
+    assert len(list((tmp_path / "corrkd-teacher").glob("*.pt"))) == 2
+    # the teacher-only variant predicts with the very teacher the students distil from
+    teacher_only = _fit_cached(tmp_path, predict_with="teacher")
+    assert teacher_only.teacher_source_.startswith("cache:")
+    saved = torch.load(tmp_path / "corrkd-teacher" / f"{teacher_only.teacher_source_[6:]}.pt", weights_only=True)
+    for k, v in teacher_only.model_.state_dict().items():
+        assert torch.equal(v, saved["model"][k]), k
+    assert len(list((tmp_path / "corrkd-teacher").glob("*.pt"))) == 2
+
+
+def test_run_grid_shares_teachers_through_out_cache_unless_no_cache(tmp_path):
+    import json
+
+    from msabench import cli
+
+    base = ["run", "--method", "corrkd", "--dataset", "synthetic-small", "--protocol", "modality-missing",
+            "--seeds", "5", "--epochs", "1", "--set", "d=8", "--set", "heads=2", "--set", "layers=1", "--quiet"]
+
+    def fitted(out):
+        (run,) = (out / "runs").glob("*/run.json")
+        return json.loads(run.read_text())["fitted"]["teacher_source_"]
+
+    assert cli.main(base + ["--out", str(tmp_path / "a")]) == 0
+    assert fitted(tmp_path / "a") == "trained"
+    assert len(list((tmp_path / "a" / "cache" / "corrkd-teacher").glob("*.pt"))) == 1
+    assert cli.main(base + ["--out", str(tmp_path / "a"), "--tag", "no-scd", "--set", "scd=false"]) == 0
+    sources = sorted(json.loads(p.read_text())["fitted"]["teacher_source_"]
+                     for p in (tmp_path / "a" / "runs").glob("*/run.json"))
+    assert sources[0].startswith("cache:") and sources[1] == "trained"
+    assert cli.main(base + ["--out", str(tmp_path / "b"), "--no-cache"]) == 0
+    assert fitted(tmp_path / "b") == "trained" and not (tmp_path / "b" / "cache").exists()
