@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # Rebuilds the published studies in results/ from scratch (or resumes them: finished runs are skipped).
-# Usage: bash results/regenerate.sh [STAGE...]   stages: real synthetic-mosi synthetic-iemocap real-slow tables
-# (default: all, in that order)
-# CPU only (2 cores, --workers 2). Epoch caps and seeds per study are below and in results/README.md.
+# Usage: bash results/regenerate.sh [STAGE[@PROTOCOL]...]
+#   stages: real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy synthetic-mosi-long tables
+#   (default: all, in that order). STAGE@PROTOCOL runs a synthetic stage for one protocol only, so two stages can
+#   run side by side: WORKERS=1 bash results/regenerate.sh synthetic-corrkd@modality-missing &
+#                     WORKERS=1 bash results/regenerate.sh synthetic-corrkd@random-missing
+# CPU only: WORKERS parallel runs (default 2), one torch thread each. Epoch caps and seeds per study are below and
+# in results/README.md. CorrKD's teacher is trained once per seed and dataset and shared through <study>/cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MOSI_REAL=mmsa:../shared/data/mosi-utterance/mosi_utterance.pkl
-FIVE=1111,1112,1113,1114,1115
+FIVE=${SEEDS:-1111,1112,1113,1114,1115}  # SEEDS reorders (e.g. reversed for a second queue)
 THREE=1111,1112,1113
-BASELINES=late-fusion,tfn,lmf,misa,ef-lstm,mult,self-mm,cubemlp,dmd,mctn,transm,smil,gcnet
-RUN=(msabench run --quiet --workers 2)
+PROTOCOLS=(modality-missing random-missing)
+CHEAP=late-fusion,gcnet,smil,self-mm,lmf,mctn,ef-lstm,transm,misa
+HEAVY=(tfn cubemlp dmd mult)
+RUN=(msabench run --quiet --workers "${WORKERS:-2}" --threads 1)
 
 corrkd_variants() {  # $1 = out dir, rest = common options: the CorrKD comparisons of the paper's ablation table
   local out=$1; shift
   "${RUN[@]}" --out "$out" --method corrkd "$@"
-  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-distill --set scd=false --set cpd=false --set rcd=off
   "${RUN[@]}" --out "$out" --method corrkd "$@" --tag teacher --set predict_with=teacher
+  "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-distill --set scd=false --set cpd=false --set rcd=off
   "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-scd --set scd=false
   "${RUN[@]}" --out "$out" --method corrkd "$@" --tag no-cpd --set cpd=false
   "${RUN[@]}" --out "$out" --method corrkd "$@" --tag rcd-kl --set rcd=kl
 }
+
+protocols() { if [ -n "${1:-}" ]; then echo "$1"; else echo "${PROTOCOLS[@]}"; fi; }
 
 stage_real() {  # real CMU-MOSI, utterance level: 5 seeds, method default epochs; cheap methods first
   local common=(--out results/mosi-utterance --dataset "$MOSI_REAL" --seeds "$FIVE")
@@ -39,24 +47,32 @@ stage_real_slow() {  # the heavy models on the real set (TFN's 35M-weight fusion
   done
 }
 
-stage_synthetic_mosi() {  # synthetic-mosi, CPU budget: 3 seeds, 6 epochs per stage, modality-missing first
-  local common=(--out results/synthetic-mosi --dataset synthetic-mosi --seeds "$THREE" --epochs 6)
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd,late-fusion
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag no-distill \
-    --set scd=false --set cpd=false --set rcd=off
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag teacher --set predict_with=teacher
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method lmf,misa,ef-lstm,self-mm,mctn,transm,smil,gcnet
-  "${RUN[@]}" "${common[@]}" --protocol random-missing --method corrkd,late-fusion
-  "${RUN[@]}" "${common[@]}" --protocol random-missing --method corrkd --tag no-distill \
-    --set scd=false --set cpd=false --set rcd=off
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method cubemlp,mult,dmd,tfn
+stage_synthetic_corrkd() {  # both synthetic sets: CorrKD, its comparisons and late fusion; 5 seeds, 6 epochs per stage
+  local p
+  for p in $(protocols "${1:-}"); do
+    for ds in synthetic-mosi synthetic-iemocap; do
+      corrkd_variants "results/$ds" --dataset "$ds" --seeds "$FIVE" --epochs 6 --protocol "$p"
+      "${RUN[@]}" --out "results/$ds" --dataset "$ds" --seeds "$FIVE" --epochs 6 --protocol "$p" --method late-fusion
+    done
+  done
 }
 
-stage_synthetic_iemocap() {  # synthetic-iemocap: CorrKD, its no-distillation student, late fusion; 3 seeds, 6 epochs
-  local common=(--out results/synthetic-iemocap --dataset synthetic-iemocap --seeds "$THREE" --epochs 6)
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd,late-fusion
-  "${RUN[@]}" "${common[@]}" --protocol modality-missing --method corrkd --tag no-distill \
-    --set scd=false --set cpd=false --set rcd=off
+stage_synthetic_baselines() {  # synthetic-mosi: every other method but the four slowest; 5 seeds, 6 epochs
+  local p
+  for p in $(protocols "${1:-}"); do
+    "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --seeds "$FIVE" --epochs 6 --protocol "$p" \
+      --method "$CHEAP"
+  done
+}
+
+stage_synthetic_heavy() {  # synthetic-mosi: TFN, CubeMLP, DMD, MulT (minutes per run on one core); 5 seeds, 6 epochs
+  local p m
+  for m in "${HEAVY[@]}"; do
+    for p in $(protocols "${1:-}"); do
+      "${RUN[@]}" --out results/synthetic-mosi --dataset synthetic-mosi --seeds "$FIVE" --epochs 6 --protocol "$p" \
+        --method "$m"
+    done
+  done
 }
 
 stage_synthetic_mosi_long() {  # CorrKD and its no-distillation student with 20 epochs per stage (see results/README.md)
@@ -79,5 +95,8 @@ stage_tables() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(real synthetic-mosi synthetic-iemocap real-slow tables)
-for s in "${stages[@]}"; do "stage_${s//-/_}"; done
+[ ${#stages[@]} -gt 0 ] || stages=(real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy synthetic-mosi-long tables)
+for s in "${stages[@]}"; do
+  name=${s%%@*}; arg=""; [ "$name" = "$s" ] || arg=${s#*@}
+  "stage_${name//-/_}" $arg
+done
