@@ -34,6 +34,24 @@ def method_colors(labels: Iterable[str]) -> dict[str, Any]:
     return {name: base[i % len(base)] for i, name in enumerate(names)}
 
 
+LINE_STYLES = (("", "o"), ((4, 2), "s"), ((1, 1), "^"), ((6, 2, 1, 2), "D"))  # (dashes, marker) per palette cycle
+
+
+def line_styles(labels: Iterable[str]) -> dict[str, tuple[Any, str]]:
+    """(dashes, marker) per label, changing each time the colours cycle, so no two entries look alike (≤ 40)."""
+    import seaborn as sns
+
+    names = sorted(set(map(str, labels)))
+    n_colors = len(sns.color_palette(PALETTE))
+    return {name: LINE_STYLES[(i // n_colors) % len(LINE_STYLES)] for i, name in enumerate(names)}
+
+
+def short_dataset(name: str) -> str:
+    """``mmsa:../data/mosi/unaligned_50.pkl`` → ``mmsa:unaligned_50.pkl`` (titles stay readable)."""
+    fmt, sep, path = str(name).partition(":")
+    return f"{fmt}:{Path(path).name}" if sep and ("/" in path or "\\" in path) else str(name)
+
+
 def _figure(width: float, height: float, ncols: int = 1):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -75,12 +93,15 @@ def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None)
     order = sorted(data["entry"].unique())
     colors = colors or method_colors(order)
     fig, (ax,) = _figure(6.5, 4.2)
+    styles = line_styles(order)
     sns.lineplot(data=data, x="ratio", y="value", hue="entry", hue_order=order, palette=colors, errorbar="sd",
-                 marker="o", ax=ax)
+                 style="entry", style_order=order, dashes={n: styles[n][0] for n in order},
+                 markers={n: styles[n][1] for n in order}, ax=ax)
     metric = str(scores["metric"].iloc[0])
     ax.set_xlabel("missing ratio r")
     ax.set_ylabel(metric)
-    ax.set_title(f"{scores['dataset'].iloc[0]} · {scores['protocol_label'].iloc[0]} (mean ± sd over seeds)")
+    ax.set_title(f"{short_dataset(scores['dataset'].iloc[0])} · {scores['protocol_label'].iloc[0]} "
+                 "(mean ± sd over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(title="method", fontsize="small")
     return fig
@@ -98,7 +119,7 @@ def condition_heatmap(scores: pd.DataFrame, digits: int = 3):
                 cbar_kws={"label": str(scores["metric"].iloc[0])})
     ax.set_xlabel("condition")
     ax.set_ylabel("")
-    ax.set_title(f"{scores['dataset'].iloc[0]} · {scores['protocol_label'].iloc[0]} · "
+    ax.set_title(f"{short_dataset(scores['dataset'].iloc[0])} · {scores['protocol_label'].iloc[0]} · "
                  f"{scores['metric'].iloc[0]} (mean over seeds)")
     ax.tick_params(axis="y", rotation=0)
     return fig
@@ -128,7 +149,7 @@ def training_figure(curves: pd.DataFrame, colors: dict[str, Any] | None = None):
         axes[1].get_legend().remove()  # one legend is enough
     if axes[0].get_legend() is not None:
         axes[0].get_legend().set_title("method")
-    fig.suptitle(f"{curves['dataset'].iloc[0]} · {curves['protocol_label'].iloc[0]} (mean ± sd over seeds)")
+    fig.suptitle(f"{short_dataset(curves['dataset'].iloc[0])} · {curves['protocol_label'].iloc[0]} (mean ± sd over seeds)")
     return fig
 
 

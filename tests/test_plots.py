@@ -69,6 +69,20 @@ def test_colors_are_stable_sorted_colorblind_palette():
     assert method_colors(["c", "a", "b"]) == method_colors(["a", "b", "c"])
 
 
+def test_more_entries_than_colours_still_look_different():
+    frames = [long_rows(f"m{i:02d}", seed, "random-missing", {r: 0.5 + 0.01 * i for r in RATIOS})
+              for i in range(12) for seed in (1, 2)]
+    scores = seed_scores(pd.concat(frames, ignore_index=True))
+    scores["dataset"] = "mmsa:../shared/data/mosi-utterance/mosi_utterance.pkl"
+    (ax,) = robustness_curve(scores).axes
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata()) == len(RATIOS)]
+    assert len(lines) == 12
+    looks = {(to_rgb(ln.get_color()), str(ln.get_dashes() if hasattr(ln, "get_dashes") else ln.get_linestyle()),
+              ln.get_marker()) for ln in lines}
+    assert len(looks) == 12  # the colour-blind palette has 10 colours; style tells the others apart
+    assert ax.get_title().startswith("mmsa:mosi_utterance.pkl · ")
+
+
 def test_heatmap_has_a_cell_per_method_and_condition(rows):
     scores = seed_scores(rows)
     scores = scores[scores["protocol"] == "modality-missing"]
