@@ -228,3 +228,23 @@ def test_selection_and_direction():
     names |= {"Mean_acc", "Mean_F1", "acc", "weighted_F1"}
     assert names <= set(METRIC_DIRECTION)
     assert {n for n, d in METRIC_DIRECTION.items() if d == "minimize"} == {"MAE"}
+
+
+# the fast metric helpers equal scikit-learn's ----------------------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from sklearn.metrics import accuracy_score, f1_score  # noqa: E402
+
+from msabench.metrics import _accuracy, _weighted_f1  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2, 4), st.integers(-2, 4)), min_size=1, max_size=60), st.booleans())
+def test_weighted_f1_and_accuracy_equal_sklearn(pairs, as_bool):
+    truth = np.array([t for t, _ in pairs])
+    pred = np.array([p for _, p in pairs])
+    if as_bool:  # the binary metrics compare booleans (e.g. truth > 0 vs pred > 0)
+        truth, pred = truth > 0, pred > 0
+    expected = f1_score(truth, pred, average="weighted", zero_division=0)
+    assert _weighted_f1(truth, pred) == pytest.approx(expected, abs=1e-15)
+    assert _accuracy(truth, pred) == accuracy_score(truth, pred)
