@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from msabench.data.base import Task
 from msabench.methods._blocks import output_size
-from msabench.methods.mult import CrossmodalTransformer, attention_allowed, last_valid, valid_positions
+from msabench.methods._crossmodal import CrossmodalTransformer, attention_allowed, last_valid, valid_positions
 from msabench.training import Batch, TorchMethod, task_loss
 
 MODS: tuple[str, ...] = ("l", "v", "a")  # the order of the authors' code (edge priors refer to it)

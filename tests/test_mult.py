@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from msabench.data.base import REGRESSION_MOSI
-from msabench.methods.mult import MaskedAttention, MulT, additive_mask, attention_allowed, last_valid
+from msabench.methods._crossmodal import MaskedAttention, additive_mask, attention_allowed, last_valid
+from msabench.methods.mult import MulT
 from msabench.testing import check_method
 from msabench.training import Batch
 
