@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import pickle
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -360,20 +361,27 @@ class CorrKD(TorchMethod):
         teacher = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
         path = self._teacher_cache_path(context)
         if path is not None and path.exists():
-            saved = torch.load(path, map_location=self.device_, weights_only=True)
-            teacher.load_state_dict(saved["model"])
-            self.curve_.extend(saved["curve"])
-            self.teacher_source_ = f"cache:{path.stem}"
-            return teacher
+            try:
+                saved = torch.load(path, map_location=self.device_, weights_only=True)
+                teacher.load_state_dict(saved["model"])
+            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+                log.warning("corrkd: ignoring unreadable cached teacher %s (%s); training it again", path, exc)
+            else:
+                self.curve_.extend(saved["curve"])
+                self.teacher_source_ = f"cache:{path.stem}"
+                return teacher
         complete_valid = {"complete": valid.to(self.device_).padding_mask()}
         teacher_context = replace(context, valid_masks=complete_valid, on_epoch=None)
         curve = self.train_model(teacher, train, valid, schedule.complete(), teacher_context, stage="teacher")
         self.teacher_source_ = "trained"
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            torch.save({"model": teacher.state_dict(), "curve": curve}, partial)
-            os.replace(partial, path)  # atomic: a killed run leaves no half-written teacher
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+                torch.save({"model": teacher.state_dict(), "curve": curve}, partial)
+                os.replace(partial, path)  # atomic: a killed run leaves no half-written teacher
+            except OSError as exc:  # e.g. a Dask worker that cannot write the client's OUT: just do not cache
+                log.warning("corrkd: cannot cache the teacher in %s (%s)", path.parent, exc)
         return teacher
 
     def _teacher_cache_path(self, context: FitContext) -> Path | None:

@@ -59,7 +59,11 @@ class PreparedSplit:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
         applied to just those rows (no masked copy of the whole split)."""
         batch_mask = {m: x[idx] for m, x in mask.items()}
-        feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
+        if isinstance(idx, slice):  # rows are views of the split: mask into new tensors
+            feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
+        else:  # rows are gathered copies: mask them in place (same values, one pass less)
+            feats = {m: x.index_select(0, idx).mul_(batch_mask[m].to(x.dtype).unsqueeze(-1))
+                     for m, x in self.features.items()}
         bert = self.split.text_bert
         if bert is not None:
             bert = bert[idx]
@@ -315,5 +319,6 @@ def apply_scaler(split: Split, scaler: dict[str, tuple[torch.Tensor, torch.Tenso
     out = {}
     for m, x in split.features.items():
         mean, std = scaler[m]
-        out[m] = ((x - mean.to(x.device)) / std.to(x.device)) * padding[m].to(x.dtype).unsqueeze(-1)
+        # ((x - mean) / std) * padding, in one new tensor
+        out[m] = (x - mean.to(x.device)).div_(std.to(x.device)).mul_(padding[m].to(x.dtype).unsqueeze(-1))
     return out

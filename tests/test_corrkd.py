@@ -349,6 +349,18 @@ def test_cached_teacher_gives_exactly_the_numbers_of_a_fresh_one(tmp_path):
     assert reused.training_curve() == fresh.training_curve()
 
 
+def test_unreadable_or_unwritable_cache_means_training_not_failing(tmp_path, caplog):
+    first = _fit_cached(tmp_path)
+    (cached,) = (tmp_path / "corrkd-teacher").glob("*.pt")
+    cached.write_bytes(b"not a checkpoint")
+    again = _fit_cached(tmp_path)
+    assert again.teacher_source_ == "trained" and "unreadable cached teacher" in caplog.text
+    np.testing.assert_array_equal(again.test_prediction_, first.test_prediction_)
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # the cache directory cannot be created below a file
+    assert _fit_cached(blocker).teacher_source_ == "trained" and "cannot cache the teacher" in caplog.text
+
+
 def test_teacher_cache_key_follows_the_teacher_settings(tmp_path):
     _fit_cached(tmp_path)
     assert _fit_cached(tmp_path, lr=2e-3).teacher_source_ == "trained"  # a teacher hyperparameter: new teacher
