@@ -280,7 +280,11 @@ def claim_trial(study: "optuna.Study", budget: int, lock: contextlib.AbstractCon
             return None
         with warnings.catch_warnings():  # we run the heartbeat ourselves (see heartbeat())
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-            return study.ask()
+            trial = study.ask()
+        # who runs it, so that a storage without heartbeats can still tell a dead worker (see fail_stale)
+        study._storage.set_trial_system_attr(trial._trial_id, "worker", {"host": socket.gethostname(),
+                                                                         "pid": os.getpid()})
+        return trial
 
 
 def requeue(study: "optuna.Study", trial: "optuna.trial.FrozenTrial", reason: str, counts: bool = True) -> bool:
@@ -307,12 +311,40 @@ def _retry_stale(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> No
 
 
 def fail_stale(study: "optuna.Study") -> None:
-    """Fail running trials whose worker stopped sending heartbeats (RDB storages) and queue them again."""
+    """Fail running trials whose worker is gone and queue them again: by missed heartbeats on RDB storages; on
+    storages without heartbeats (journal files), by a worker process on this host that no longer exists."""
     import optuna
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+        return
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get("worker") or {}
+        if worker.get("host") != host or process_alive(int(worker.get("pid", -1))):
+            continue  # another machine's worker cannot be checked from here: it keeps its trial
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker got there first
+        requeue(study, trial, f"its worker (process {worker.get('pid')} on {host}) is gone")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a reused id counts as alive: the safe side)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

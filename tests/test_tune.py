@@ -269,6 +269,27 @@ def test_a_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
     assert result.complete == 1
 
 
+def test_journal_trial_of_a_killed_worker_process_is_failed_and_retried(tmp_path):
+    import socket
+
+    url = f"journal:///{tmp_path / 'journal.log'}"
+    study = optuna.create_study(study_name="gone-late-fusion", storage=make_storage(url), direction="maximize")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid no longer exists
+    orphan = claim_trial(study, 5, contextlib.nullcontext())
+    alive = claim_trial(study, 5, contextlib.nullcontext())  # claimed by this (living) process
+    other_host = claim_trial(study, 5, contextlib.nullcontext())
+    study._storage.set_trial_system_attr(orphan._trial_id, "worker", {"host": socket.gethostname(), "pid": dead.pid})
+    study._storage.set_trial_system_attr(other_host._trial_id, "worker", {"host": "elsewhere", "pid": dead.pid})
+    tune_mod.fail_stale(study)
+    t = _trials(url, "gone-late-fusion")
+    assert [x.state for x in t] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.WAITING]
+    assert t[3].system_attrs["failed_trial"] == orphan.number and str(dead.pid) in t[3].user_attrs["retry_reason"]
+    assert t[1].number == alive.number
+    tune_mod.fail_stale(study)  # nothing more to do
+    assert len(_trials(url, "gone-late-fusion")) == 4
+
+
 # the global budget is exact under contention ----------------------------------------------------------------------
 def _race(url: str, study_name: str, budget: int, n_workers: int, locked: bool) -> list[optuna.trial.FrozenTrial]:
     """``n_workers`` threads, each with its own storage connection, claim trials until the budget is used; every
