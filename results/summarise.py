@@ -1,0 +1,145 @@
+"""Fill the generated tables of results/corrkd.md and results/baselines.md from the studies' stored runs.
+
+Usage: ``python results/summarise.py`` (no training; run after new runs are stored). Each table sits between
+``<!-- generated:NAME -->`` and ``<!-- /generated -->`` in those files; the text around it is left alone, so the
+prose can cite a table but never holds a number the runs do not.
+
+Numbers: test split, the task's default metric (MOSI ``Non0_F1``, IEMOCAP ``Mean_F1``), mean ± std (ddof = 1) over
+seeds, n seeds; p: paired test across seeds against the reference entry (Wilcoxon from 6 pairs, paired t below),
+Holm-corrected over the entries compared in that column, from :func:`msabench.leaderboard.build_leaderboard`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from msabench.leaderboard import build_leaderboard
+from msabench.store import read_rows
+
+HERE = Path(__file__).resolve().parent
+STUDIES = {"mosi-utterance": "real CMU-MOSI (utterance level)", "synthetic-mosi": "synthetic-mosi",
+           "synthetic-iemocap": "synthetic-iemocap"}
+# (protocol, column, header) of the summary columns
+COLUMNS = [("modality-missing", "Avg", "modality-missing Avg"), ("modality-missing", "{l,a,v}", "{l,a,v}"),
+           ("random-missing", "Mean", "random-missing Mean"), ("random-missing", "0.0", "r = 0")]
+CORRKD_ORDER = ["corrkd", "corrkd [no-distill]", "corrkd [teacher]", "corrkd [no-scd]", "corrkd [no-cpd]",
+                "corrkd [rcd-kl]", "corrkd [scd-0.1]", "corrkd [20-epochs]", "corrkd [no-distill-20-epochs]",
+                "late-fusion"]
+
+
+def board(study: str, reference: str) -> pd.DataFrame:
+    table = build_leaderboard(read_rows([HERE / study]), reference=reference).table
+    return table[table["kind"].isin(["condition", "summary"])]
+
+
+def cell(table: pd.DataFrame, entry: str, protocol: str, column: str, with_p: bool) -> str:
+    row = table[(table["method"] == entry) & (table["protocol"] == protocol) & (table["condition"] == column)]
+    if row.empty:
+        return "—"
+    r = row.iloc[0]
+    text = f"{r['mean']:.3f} ± {0.0 if pd.isna(r['std']) else r['std']:.3f} ({int(r['n'])})"
+    if with_p and r["test"] != "reference" and not pd.isna(r["p_value"]):
+        holm = r["p_value_holm"]
+        mark = " **†**" if holm < 0.05 else ""
+        text += f", p = {r['p_value']:.2g} / {holm:.2g}{mark}"
+    return text
+
+
+def corrkd_table(study: str) -> str:
+    table = board(study, "corrkd")
+    entries = [e for e in CORRKD_ORDER if e in set(table["method"])]
+    lines = ["| entry | " + " | ".join(h for _, _, h in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for e in entries:
+        cells = [cell(table, e, p, c, with_p=c in ("Avg", "Mean")) for p, c, _ in COLUMNS]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    metric = table["metric"].iloc[0]
+    lines.append("")
+    lines.append(f"*{STUDIES[study]}, test {metric}: mean ± std (seeds); p = paired test against corrkd, raw / "
+                 f"Holm-corrected over the entries of the column; † Holm p < 0.05.*")
+    return "\n".join(lines)
+
+
+PAPER_MOSI_AVG_F1 = {"corrkd": 74.69, "corrkd [no-scd]": 72.46, "corrkd [no-cpd]": 71.81, "corrkd [rcd-kl]": 73.27}
+PAPER_LABELS = {"corrkd": "full CorrKD", "corrkd [no-scd]": "without SCD", "corrkd [no-cpd]": "without CPD",
+                "corrkd [rcd-kl]": "RCD → KL", "corrkd [no-distill]": "no distillation at all"}
+
+
+def paper_table(study: str = "mosi-utterance") -> str:
+    """The paper's MOSI ablation (six-condition average F1, Li et al. 2024) next to ours (modality-missing Avg)."""
+    table = board(study, "corrkd")
+    avg = table[(table["protocol"] == "modality-missing") & (table["condition"] == "Avg")].set_index("method")
+    full = avg.loc["corrkd", "mean"]
+    lines = ["| entry | paper (Avg F1) | paper − full | msabench (Avg Non0_F1 × 100) | msabench − full | p (raw / Holm) |",
+             "|---|---|---|---|---|---|"]
+    for entry, label in PAPER_LABELS.items():
+        paper = PAPER_MOSI_AVG_F1.get(entry)
+        ours = avg.loc[entry] if entry in avg.index else None
+        p_text = "—" if ours is None or pd.isna(ours["p_value"]) else f"{ours['p_value']:.2g} / {ours['p_value_holm']:.2g}"
+        lines.append(" | ".join([
+            f"| {label}", "—" if paper is None else f"{paper:.2f}",
+            "—" if paper is None or entry == "corrkd" else f"{paper - PAPER_MOSI_AVG_F1['corrkd']:+.2f}",
+            "—" if ours is None else f"{100 * ours['mean']:.1f} ± {100 * ours['std']:.1f}",
+            "—" if ours is None or entry == "corrkd" else f"{100 * (ours['mean'] - full):+.1f}", p_text]) + " |")
+    return "\n".join(lines)
+
+
+def baselines_table(study: str) -> str:
+    table = board(study, "late-fusion")
+    methods = sorted(set(table["method"]) - {"late-fusion"}, key=lambda m: (m.startswith("corrkd"), m))
+    methods = [m for m in methods if "[" not in m]  # CorrKD's variants are compared in corrkd.md
+    lines = ["| method | " + " | ".join(h for _, _, h in COLUMNS) + " | complete data vs late fusion |",
+             "|---" * (len(COLUMNS) + 2) + "|"]
+    for m in ["late-fusion"] + methods:
+        cells = [cell(table, m, p, c, with_p=m != "late-fusion") for p, c, _ in COLUMNS]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {verdict(table, m)} |")
+    metric = table["metric"].iloc[0]
+    lines.append("")
+    lines.append(f"*{STUDIES[study]}, test {metric}: mean ± std (seeds); p = paired test against late fusion, raw / "
+                 f"Holm-corrected over the methods of the column; † Holm p < 0.05. Last column: the complete "
+                 f"conditions ({{l,a,v}} and r = 0) against late fusion.*")
+    return "\n".join(lines)
+
+
+def verdict(table: pd.DataFrame, method: str) -> str:
+    if method == "late-fusion":
+        return "reference"
+    out = []
+    for protocol, column in (("modality-missing", "{l,a,v}"), ("random-missing", "0.0")):
+        row = table[(table["method"] == method) & (table["protocol"] == protocol) & (table["condition"] == column)]
+        base = table[(table["method"] == "late-fusion") & (table["protocol"] == protocol)
+                     & (table["condition"] == column)]
+        if row.empty or base.empty:
+            continue
+        diff = row.iloc[0]["mean"] - base.iloc[0]["mean"]
+        holm = row.iloc[0]["p_value_holm"]
+        if diff >= 0:
+            word = "≥"
+        elif not pd.isna(holm) and holm < 0.05:
+            word = "**below**"
+        else:
+            word = "below, within seed spread"
+        out.append(f"{'r = 0' if column == '0.0' else column}: {word} ({diff:+.3f})")
+    return "; ".join(out) or "—"
+
+
+def fill(path: Path, tables: dict[str, str]) -> None:
+    text = path.read_text()
+    for name, body in tables.items():
+        pattern = re.compile(rf"(<!-- generated:{re.escape(name)} -->\n).*?(<!-- /generated -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"{path}: no block <!-- generated:{name} --> ... <!-- /generated -->")
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    path.write_text(text)
+
+
+def main() -> None:
+    present = [s for s in STUDIES if (HERE / s / "runs").is_dir()]
+    fill(HERE / "corrkd.md", {**{f"corrkd-{s}": corrkd_table(s) for s in present}, "corrkd-paper": paper_table()})
+    fill(HERE / "baselines.md", {f"baselines-{s}": baselines_table(s) for s in present if s != "synthetic-iemocap"})
+    print("filled", ", ".join(present))
+
+
+if __name__ == "__main__":
+    main()
