@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuilds the published studies in results/ from scratch (or resumes them: finished runs are skipped).
 # Usage: bash results/regenerate.sh [STAGE[@PROTOCOL]...]
-#   stages: real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy synthetic-mosi-long tables
+#   stages: real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy corrkd-diagnostic
+#           synthetic-mosi-long tables
 #   (default: all, in that order). STAGE@PROTOCOL runs a synthetic stage for one protocol only, so two stages can
 #   run side by side: WORKERS=1 bash results/regenerate.sh synthetic-corrkd@modality-missing &
 #                     WORKERS=1 bash results/regenerate.sh synthetic-corrkd@random-missing
@@ -75,6 +76,12 @@ stage_synthetic_heavy() {  # synthetic-mosi: TFN, CubeMLP, DMD, MulT (minutes pe
   done
 }
 
+stage_corrkd_diagnostic() {  # is the loss scale why CorrKD trails its no-distillation student at 6 epochs? (corrkd.md)
+  local common=(--out results/synthetic-mosi --dataset synthetic-mosi --seeds "$FIVE" --epochs 6
+                --protocol modality-missing)
+  "${RUN[@]}" "${common[@]}" --method corrkd --tag scd-0.1 --set lambda_scd=0.1
+}
+
 stage_synthetic_mosi_long() {  # CorrKD and its no-distillation student with 20 epochs per stage (see results/README.md)
   local common=(--out results/synthetic-mosi --dataset synthetic-mosi --seeds "$THREE" --epochs 20
                 --protocol modality-missing)
@@ -95,7 +102,8 @@ stage_tables() {
 }
 
 stages=("$@")
-[ ${#stages[@]} -gt 0 ] || stages=(real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy synthetic-mosi-long tables)
+[ ${#stages[@]} -gt 0 ] || stages=(real real-slow synthetic-corrkd synthetic-baselines synthetic-heavy corrkd-diagnostic synthetic-mosi-long
+                                tables)
 for s in "${stages[@]}"; do
   name=${s%%@*}; arg=""; [ "$name" = "$s" ] || arg=${s#*@}
   "stage_${name//-/_}" $arg
