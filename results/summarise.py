@@ -29,9 +29,14 @@ CORRKD_ORDER = ["corrkd", "corrkd [no-distill]", "corrkd [teacher]", "corrkd [no
                 "late-fusion"]
 
 
+PRIMARY_METRICS = ("Non0_F1", "Mean_F1", "F1_score", "weighted_F1")  # the headline metric of each task
+
+
 def board(study: str, reference: str) -> pd.DataFrame:
+    """The study's leaderboard rows of its headline metric (IEMOCAP boards also hold one block per emotion)."""
     table = build_leaderboard(read_rows([HERE / study]), reference=reference).table
-    return table[table["kind"].isin(["condition", "summary"])]
+    metric = next(m for m in PRIMARY_METRICS if m in set(table["metric"]))
+    return table[table["kind"].isin(["condition", "summary"]) & (table["metric"] == metric)]
 
 
 def cell(table: pd.DataFrame, entry: str, protocol: str, column: str, with_p: bool) -> str:
