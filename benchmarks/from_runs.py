@@ -3,7 +3,8 @@
     python benchmarks/from_runs.py results/synthetic-mosi [--protocol modality-missing]
 
 The train seconds of a run include its per-epoch validation; the numbers are what the published runs cost on the
-machine that made them (see each run.json for device and torch threads).
+machine that made them (see each run.json for device and torch threads). A CorrKD run that loaded its teacher from
+the run cache counts only its student epochs; a teacher-only run that loaded it trained nothing and is left out.
 """
 from __future__ import annotations
 
@@ -25,7 +26,12 @@ def throughput(runs_dir: Path, protocol: str | None) -> pd.DataFrame:
             continue
         if info["dataset"] not in sizes:
             sizes[info["dataset"]] = len(load_dataset_cached(info["dataset"], info.get("dataset_options") or {}).train)
-        epochs = len(info["training_curve"])
+        curve = info["training_curve"]
+        if str((info.get("fitted") or {}).get("teacher_source_", "")).startswith("cache:"):
+            curve = [e for e in curve if e.get("stage") != "teacher"]  # loaded, not trained, in this run
+        epochs = len(curve)
+        if not epochs:
+            continue
         label = info["method"] + (f" [{info['tag']}]" if info.get("tag") else "")
         rows.append({"method": label, "dataset": info["dataset"], "epochs_run": epochs,
                      "train_seconds": info["train_seconds"],
