@@ -1,7 +1,8 @@
 """TorchMethod: the common training loop, so a method file holds only its model and loss.
 
-Whole splits live on the device; features are standardised with train-split statistics; each epoch the schedule's
-mask is applied to the whole split in one vectorised step, and batches are index slices of those tensors. Model
+Whole splits live on the device; features are standardised with train-split statistics; a batch is a gather of
+shuffled rows (training) or a slice view (evaluation) of those tensors, with the epoch's or condition's mask applied
+to just those rows in one vectorised step. Model
 selection uses the validation split under the protocol's fixed validation masks; the best state is restored.
 """
 from __future__ import annotations
@@ -48,13 +49,6 @@ class PreparedSplit:
     split: Split
     features: dict[str, torch.Tensor]
 
-    def masked(self, mask: Mask) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        feats = apply_mask(self.features, mask)
-        bert = self.split.text_bert
-        if bert is not None and bert.shape[-1] == mask["l"].shape[1]:
-            bert = apply_mask_bert(bert, mask["l"])
-        return feats, bert
-
     def masked_batch(self, mask: Mask, idx: torch.Tensor | slice) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
         applied to just those rows (no masked copy of the whole split)."""
@@ -73,19 +67,6 @@ class PreparedSplit:
         index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
         return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
                      labels=s.labels[idx], index=index, text_bert=bert)
-
-    def batch(self, feats: dict[str, torch.Tensor], bert: torch.Tensor | None, mask: Mask,
-              idx: torch.Tensor) -> Batch:
-        """The batch at ``idx`` of already-masked split tensors ``feats`` / ``bert``."""
-        s = self.split
-        return Batch(
-            features={m: x[idx] for m, x in feats.items()},
-            mask={m: x[idx] for m, x in mask.items()},
-            lengths={m: x[idx] for m, x in s.lengths.items()},
-            labels=s.labels[idx],
-            index=idx,
-            text_bert=None if bert is None else bert[idx],
-        )
 
 
 def task_loss(pred: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:

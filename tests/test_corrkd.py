@@ -220,8 +220,7 @@ def test_gradients_reach_every_student_parameter_and_critic(kind):
     loss_fn = method._student_loss_fn(teacher, critics, dataset.train, seed=0)
     prepared = method.prepare(dataset.train)
     mask = schedule.mask(0)
-    feats, bert = prepared.masked(mask)
-    batch = prepared.batch(feats, bert, mask, torch.arange(16))
+    batch = prepared.masked_batch(mask, torch.arange(16))
     loss = loss_fn(student(batch), batch, dataset.task)
     loss.backward()
     for name, p in [*student.named_parameters(), *(("critic." + n, p) for n, p in critics.named_parameters())]:
