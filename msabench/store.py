@@ -52,7 +52,10 @@ def _host() -> str:
     return socket.gethostname().replace("-", "_") or "host"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a reused id counts as alive: the safe side)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -67,7 +70,7 @@ def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
     parts = path.name[len(TMP_PREFIX):].split("-")
     if len(parts) >= 4 and parts[-3] == _host():
         try:
-            return not _pid_alive(int(parts[-2]))
+            return not pid_alive(int(parts[-2]))
         except ValueError:
             return True
     try:

@@ -34,6 +34,7 @@ import pandas as pd
 from msabench.masks import derive_seed
 from msabench.params import ParameterError
 from msabench.registry import RegistryError
+from msabench.store import pid_alive
 from msabench.runner import (
     ExecOptions,
     RunError,
@@ -325,26 +326,13 @@ def fail_stale(study: "optuna.Study") -> None:
     host = socket.gethostname()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.system_attrs.get("worker") or {}
-        if worker.get("host") != host or process_alive(int(worker.get("pid", -1))):
+        if worker.get("host") != host or pid_alive(int(worker.get("pid", -1))):
             continue  # another machine's worker cannot be checked from here: it keeps its trial
         try:
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except (UpdateFinishedTrialError, RuntimeError):
             continue  # another worker got there first
         requeue(study, trial, f"its worker (process {worker.get('pid')} on {host}) is gone")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (a reused id counts as alive: the safe side)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager
