@@ -9,7 +9,12 @@ What it does:
 3. trains each model for a fixed number of epochs in its own subprocess, MMSA's through ``MMSA.MMSA_run`` and
    msabench's through ``msabench.runner.fit_method`` (protocol ``none``, early stopping off), with the same
    architecture hyperparameters and batch size (MMSA's MOSI defaults);
-4. prints train samples/s and peak RSS per run and the ratios msabench / MMSA.
+4. prints train samples/s and peak RSS per run and the ratios msabench / MMSA;
+5. prints the arithmetic behind the speeds: FLOPs per training sample on each side (matrix products,
+   convolutions, attention; forward + backward; ``torch.utils.flop_counter`` on the second training batch, with
+   oneDNN off for that step so that fused RNN kernels are counted; that step's time is left out of samples/s),
+   the GFLOP/s each side achieves, the GFLOP/s msabench would need for 3x MMSA's samples/s, and the CPU's fp32
+   matrix-product rate at the same thread count.
 
 Only the training batches are timed on both sides (from asking the first batch of an epoch to the end of its last
 optimiser step); validation, checkpointing and test are not. Peak RSS is the subprocess's own maximum resident set
@@ -35,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import venv
 from pathlib import Path
 
@@ -70,11 +76,18 @@ MODELS: dict[str, tuple[dict, str, dict]] = {
 
 # Runs inside the MMSA virtual environment. argv: pickle, model, config json, epochs, workers, threads, workdir
 MMSA_RUNNER = textwrap.dedent('''
-    import json, os, resource, sys, time
+    import contextlib, json, os, resource, sys, time
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
     import torch.optim.lr_scheduler as sched
+    from torch.utils.flop_counter import FlopCounterMode
+
+    @contextlib.contextmanager
+    def counted_flops():
+        """FLOPs of the step run inside; with oneDNN off, whose fused RNN kernels the counter cannot see."""
+        with torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
+            yield counter
 
     pkl, model, config, epochs, workers, threads, workdir = sys.argv[1:8]
     config, epochs, workers, threads = json.loads(config), int(epochs), int(workers), int(threads)
@@ -109,11 +122,18 @@ MMSA_RUNNER = textwrap.dedent('''
                 raise Done()
             return self._timed()
         def _timed(self):
-            start = time.perf_counter()
-            for batch in self.loader:
+            start, skipped = time.perf_counter(), 0.0
+            for i, batch in enumerate(self.loader):
+                if stats["epochs"] == 0 and i == 1:  # this step's FLOPs are counted, its time is not
+                    t0 = time.perf_counter()
+                    with counted_flops() as counter:
+                        yield batch
+                    skipped += time.perf_counter() - t0
+                    stats["flops_per_sample"] = counter.get_total_flops() / len(batch["index"])
+                    continue
                 stats["samples"] += len(batch["index"])
                 yield batch
-            stats["seconds"] += time.perf_counter() - start
+            stats["seconds"] += time.perf_counter() - start - skipped
             stats["epochs"] += 1
 
     _loader = mmsa_run.MMDataLoader
@@ -138,8 +158,15 @@ MMSA_RUNNER = textwrap.dedent('''
 
 # Runs with this interpreter. argv: pickle, method, params json, epochs, threads
 MSABENCH_RUNNER = textwrap.dedent('''
-    import json, resource, sys, time
+    import contextlib, json, resource, sys, time
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    @contextlib.contextmanager
+    def counted_flops():
+        """FLOPs of the step run inside; with oneDNN off, whose fused RNN kernels the counter cannot see."""
+        with torch.backends.mkldnn.flags(enabled=False), FlopCounterMode(display=False) as counter:
+            yield counter
 
     pkl, method, params, epochs, threads = sys.argv[1:6]
     params, epochs, threads = json.loads(params), int(epochs), int(threads)
@@ -162,11 +189,18 @@ MSABENCH_RUNNER = textwrap.dedent('''
     def timed_batches(self, split, generator):
         batches = _batches(self, split, generator)
         def timed():
-            start = time.perf_counter()
-            for idx in batches:
+            start, skipped = time.perf_counter(), 0.0
+            for i, idx in enumerate(batches):
+                if stats["epochs"] == 0 and i == 1:  # this step's FLOPs are counted, its time is not
+                    t0 = time.perf_counter()
+                    with counted_flops() as counter:
+                        yield idx
+                    skipped += time.perf_counter() - t0
+                    stats["flops_per_sample"] = counter.get_total_flops() / len(idx)
+                    continue
                 stats["samples"] += len(idx)
                 yield idx
-            stats["seconds"] += time.perf_counter() - start
+            stats["seconds"] += time.perf_counter() - start - skipped
             stats["epochs"] += 1
         return timed()
 
@@ -255,8 +289,36 @@ def _fmt(res: dict) -> tuple[str, str, str]:
     return f"{sps:,.0f}", f"{res['seconds']:.1f}", f"{res['peak_rss_mb']:,.0f}"
 
 
-def report(rows: list[dict]) -> str:
-    """The Markdown table of samples/s, train seconds, peak RSS and ratios."""
+def gemm_gflops(threads: int, n: int = 1024, repeats: int = 7) -> float:
+    """The CPU's fp32 matrix-product rate at ``threads`` torch threads (best of ``repeats`` n x n x n products)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(before)
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _sps(res: dict) -> float | None:
+    if "skip" in res or "error" in res or not res.get("seconds"):
+        return None
+    return res["samples"] / res["seconds"]
+
+
+def report(rows: list[dict], gemm: float | None = None) -> str:
+    """The Markdown table of samples/s, train seconds, peak RSS and ratios, and the arithmetic behind them."""
     lines = ["| model | MMSA samples/s | msabench samples/s | speed ratio | MMSA peak RSS MB | msabench peak RSS MB "
              "| RSS ratio | MMSA train s | msabench train s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -277,7 +339,23 @@ def report(rows: list[dict]) -> str:
                 notes.append(f"{name} {side}: skipped: {res['skip']}")
             elif "error" in res:
                 notes.append(f"{name} {side}: failed: {res['error']}")
-    return "\n".join(lines + [""] + notes)
+    arithmetic = ["", "Arithmetic of one training step (matrix products, convolutions and attention, forward + backward, "
+                  "counted by torch.utils.flop_counter on the second batch of each side; elementwise work such as "
+                  "dropout and the optimizer is not counted):", "",
+                  "| model | MMSA GFLOP/sample | msabench GFLOP/sample | MMSA GFLOP/s | msabench GFLOP/s "
+                  "| 3x MMSA needs msabench at GFLOP/s |", "|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        theirs, ours = row["mmsa"], row["msabench"]
+        t_sps, o_sps = _sps(theirs), _sps(ours)
+        t_f, o_f = theirs.get("flops_per_sample"), ours.get("flops_per_sample")
+        if None in (t_sps, o_sps, t_f, o_f):
+            continue
+        arithmetic.append(f"| {row['model']} / {row['method']} | {t_f / 1e9:.4f} | {o_f / 1e9:.4f} | "
+                          f"{t_sps * t_f / 1e9:.1f} | {o_sps * o_f / 1e9:.1f} | {3 * t_sps * o_f / 1e9:.1f} |")
+    if gemm is not None:
+        arithmetic += ["", f"fp32 matrix-product rate of this CPU at the same thread count (best of 7 "
+                           f"1024 x 1024 x 1024 products): {gemm:.1f} GFLOP/s"]
+    return "\n".join(lines + [""] + notes + arithmetic)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -305,11 +383,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = measure(models, python_mmsa, pkl, workdir, args.epochs, args.threads, args.mmsa_workers,
                        args.timeout)
     load = os.getloadavg()
-    print(report(rows))
+    gemm = gemm_gflops(args.threads)
+    print(report(rows, gemm))
     print(f"\nepochs={args.epochs} threads={args.threads or 'torch default'} mmsa_workers={args.mmsa_workers} "
           f"cpus={os.cpu_count()} load average at end={load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args), "loadavg": load}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args), "loadavg": load,
+                                               "gemm_gflops": gemm}, indent=1))
     return 0
 
 

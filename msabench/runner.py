@@ -121,12 +121,23 @@ def set_deterministic() -> None:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    here = Path(msabench.__file__).resolve().parent
+    """HEAD of the git checkout msabench runs from, ``-dirty`` if its code (not its results) has local changes."""
+    import msabench.methods
+    import msabench.protocols
+
+    code = [Path(msabench.__file__).resolve().parent, Path(msabench.methods.__file__).resolve().parent,
+            Path(msabench.protocols.__file__).resolve().parent]
+    return source_commit(code)
+
+
+def source_commit(code: list[Path]) -> str:
+    """HEAD of the git checkout holding ``code`` (directories), with ``-dirty`` if a tracked file under them
+    changed; other files of the checkout (results, notes) do not count. Empty outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code[0], capture_output=True, text=True, timeout=5)
         if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *map(str, code)],
+                                   cwd=code[0], capture_output=True, text=True, timeout=5).stdout.strip()
             return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass

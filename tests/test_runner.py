@@ -351,3 +351,40 @@ def test_throughput_accounts_for_the_whole_run(capsys):
 
     assert not hasattr(Store.save, "__wrapped__") and not hasattr(TM.prepare, "__wrapped__")
     assert not hasattr(torch.Tensor.backward, "__wrapped__")
+
+
+def test_mmsa_speed_report_arithmetic():
+    mmsa_speed = load_script("mmsa_speed")
+    # MMSA 100 samples/s at 2 GFLOP/sample; msabench 150 samples/s at 3 GFLOP/sample (hand-computed below)
+    rows = [{"model": "tfn", "method": "tfn",
+             "mmsa": {"samples": 1000, "seconds": 10.0, "peak_rss_mb": 900.0, "flops_per_sample": 2e9},
+             "msabench": {"samples": 1500, "seconds": 10.0, "peak_rss_mb": 300.0, "flops_per_sample": 3e9}}]
+    text = mmsa_speed.report(rows, gemm=50.0)
+    assert "| tfn / tfn | 100 | 150 | 1.5x | 900 | 300 | 0.33 | 10.0 | 10.0 |" in text
+    # achieved: 100 * 2 = 200 and 150 * 3 = 450 GFLOP/s; 3x MMSA = 300 samples/s * 3 GFLOP = 900 GFLOP/s
+    assert "| tfn / tfn | 2.0000 | 3.0000 | 200.0 | 450.0 | 900.0 |" in text
+    assert "50.0 GFLOP/s" in text
+
+
+def test_source_commit_is_dirty_only_for_code_changes(tmp_path):
+    from msabench.runner import source_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results" / "results.csv").write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert source_commit([tmp_path / "pkg"]) == head
+    (tmp_path / "results" / "results.csv").write_text("a\nb\n")  # a run rewrote the results: still clean
+    (tmp_path / "notes.txt").write_text("untracked\n")
+    assert source_commit([tmp_path / "pkg"]) == head
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    assert source_commit([tmp_path / "pkg"]) == head + "-dirty"
+    assert source_commit([tmp_path.parent / "not-a-checkout-anywhere"]) == ""
