@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -48,12 +48,22 @@ class PreparedSplit:
 
     split: Split
     features: dict[str, torch.Tensor]
+    # evaluation batches are masked into these, reused from batch to batch (see masked_batch)
+    eval_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def masked_batch(self, mask: Mask, idx: torch.Tensor | slice) -> Batch:
+    def masked_batch(self, mask: Mask, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
-        applied to just those rows (no masked copy of the whole split)."""
+        applied to just those rows (no masked copy of the whole split).
+
+        With ``reuse_buffers`` (evaluation, slices only) the masked features are written into buffers kept on this
+        object, so the next such batch overwrites them: for forwards that keep nothing of their batch. Same values,
+        without allocating (and page-faulting) a new batch-sized tensor per batch.
+        """
         batch_mask = {m: x[idx] for m, x in mask.items()}
-        if isinstance(idx, slice):  # rows are views of the split: mask into new tensors
+        if isinstance(idx, slice) and reuse_buffers:
+            feats = {m: torch.mul(x[idx], batch_mask[m].to(x.dtype).unsqueeze(-1), out=self._buffer(m, x[idx]))
+                     for m, x in self.features.items()}
+        elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors
             feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
         else:  # rows are gathered copies: mask them in place (same values, one pass less)
             feats = {m: x.index_select(0, idx).mul_(batch_mask[m].to(x.dtype).unsqueeze(-1))
@@ -67,6 +77,13 @@ class PreparedSplit:
         index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
         return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
                      labels=s.labels[idx], index=index, text_bert=bert)
+
+    def _buffer(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like ``rows`` (a slice of one modality's features) in the reusable buffer."""
+        buf = self.eval_buffers.get(modality)
+        if buf is None or buf.shape[0] < rows.shape[0] or buf.shape[1:] != rows.shape[1:] or buf.dtype != rows.dtype:
+            buf = self.eval_buffers[modality] = torch.empty_like(rows)
+        return buf[: rows.shape[0]]
 
 
 def task_loss(pred: torch.Tensor, labels: torch.Tensor, task: Task) -> torch.Tensor:
@@ -230,7 +247,7 @@ class TorchMethod(Method):
         fused = bool(devices) and devices <= {"cpu", "cuda"}
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask,
                     forward: Callable[[nn.Module, Batch], Any] | None = None) -> torch.Tensor:
         """Predictions (metric form) for the whole prepared split under ``mask``, in eval mode."""
@@ -240,10 +257,11 @@ class TorchMethod(Method):
         mask = {m: x.to(self.device_) for m, x in mask.items()}
         outs, order = [], []
         for idx in self.eval_batches(prepared.split):
-            batch = prepared.masked_batch(mask, idx)
+            batch = prepared.masked_batch(mask, idx, reuse_buffers=True)
             with self.autocast():
                 out = pick_prediction(forward(model, batch))
-            outs.append(output_to_prediction(out, self.task_))
+            # a copy: an output that is a view of the batch (an identity model) must not change with the buffers
+            outs.append(output_to_prediction(out, self.task_).clone())
             order.append(batch.index)
         model.train(was_training)
         pred, index = torch.cat(outs), torch.cat(order)

@@ -388,3 +388,34 @@ def test_source_commit_is_dirty_only_for_code_changes(tmp_path):
     (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
     assert source_commit([tmp_path / "pkg"]) == head + "-dirty"
     assert source_commit([tmp_path.parent / "not-a-checkout-anywhere"]) == ""
+
+
+def test_evaluation_batches_reuse_buffers_without_changing_predictions():
+    """raw_outputs masks evaluation chunks into reused buffers; an output that is a view of its batch (here the
+    first feature of the first text frame) must still come out per sample, as computed by hand."""
+    from msabench.data.base import Split, Task
+    from msabench.training import TorchMethod
+
+    class FirstFeature(torch.nn.Module):
+        def forward(self, batch):
+            return batch.features["l"][:, 0, 0]  # a view of the (reused) batch tensor
+
+    class Probe(TorchMethod):
+        def eval_batches(self, split):
+            return [slice(s, min(s + 3, len(split))) for s in range(0, len(split), 3)]  # 4 chunks, last short
+
+    gen = torch.Generator().manual_seed(0)
+    n, t = 10, 4
+    feats = {m: torch.randn(n, t, d, generator=gen) for m, d in (("l", 5), ("a", 2), ("v", 3))}
+    split = Split("test", feats, {m: torch.full((n,), t) for m in feats}, torch.zeros(n), [str(i) for i in range(n)])
+    mask = {m: torch.rand(n, t, generator=gen) > 0.5 for m in feats}
+    method = Probe(standardize=False)
+    method.device_, method.task_, method.amp_, method.scaler_ = torch.device("cpu"), Task("regression", "mosi"), False, None
+    prepared = method.prepare(split)
+    first = method.raw_outputs(FirstFeature(), prepared, mask).numpy()
+    again = method.raw_outputs(FirstFeature(), prepared, {m: ~x for m, x in mask.items()}).numpy()
+    expected = (feats["l"][:, 0, 0] * mask["l"][:, 0]).numpy()
+    expected_again = (feats["l"][:, 0, 0] * ~mask["l"][:, 0]).numpy()
+    np.testing.assert_array_equal(first, expected)
+    np.testing.assert_array_equal(again, expected_again)
+    assert prepared.eval_buffers["l"].shape == (3, t, 5)  # one chunk-sized buffer, reused
