@@ -17,6 +17,7 @@ no timing code. On CUDA every timer synchronises, which slows the run a little b
 
     python benchmarks/throughput.py                       # every registered method
     python benchmarks/throughput.py --methods late-fusion --epochs 3 --json out.json
+    python benchmarks/throughput.py --methods late-fusion --epochs 30 --repeats 5   # medians and ranges
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -241,6 +243,23 @@ def default_methods() -> list[str]:
     return out
 
 
+SUMMARISED = ("samples_per_s", "eval_test_per_epoch", "eval_all_per_epoch", "outside_model_share")
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one method as one result: the run with the median outside-model share (its breakdown),
+    with the median of each summarised figure, its min and max (``ranges``) and every run (``runs``)."""
+    if len(runs) == 1:
+        return runs[0]
+    ordered = sorted(runs, key=lambda r: r["outside_model_share"])
+    result = dict(ordered[(len(ordered) - 1) // 2])
+    for key in SUMMARISED:
+        result[key] = statistics.median(r[key] for r in runs)
+    result["ranges"] = {key: (min(r[key] for r in runs), max(r[key] for r in runs)) for key in SUMMARISED}
+    result["runs"] = runs
+    return result
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = ["| method | epochs | fit s | samples/s | eval test / epoch | eval test+valid / epoch | outside model |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -249,9 +268,21 @@ def markdown(results: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['method']} | failed: {r['error']} | | | | | |")
             continue
         share = r["outside_model_share"]
-        lines.append(f"| {r['method']} | {r['epochs_trained']} | {r['fit_s']:.1f} | {r['samples_per_s']:.0f} | "
-                     f"{r['eval_test_per_epoch']:.2f} | {r['eval_all_per_epoch']:.2f} | "
-                     f"{'n/a' if share != share else f'{100 * share:.1f}%'} |")
+        ranges = r.get("ranges", {})
+
+        def spread(key: str, fmt: str, scale: float = 1.0) -> str:
+            if key not in ranges:
+                return ""
+            lo, hi = ranges[key]
+            return f" ({format(scale * lo, fmt)}–{format(scale * hi, fmt)})"
+
+        name = r["method"] + (f", median of {len(r['runs'])}" if "runs" in r else "")
+        lines.append(f"| {name} | {r['epochs_trained']} | {r['fit_s']:.1f} | {r['samples_per_s']:.0f}"
+                     f"{spread('samples_per_s', '.0f')} | {r['eval_test_per_epoch']:.2f}"
+                     f"{spread('eval_test_per_epoch', '.2f')} | {r['eval_all_per_epoch']:.2f}"
+                     f"{spread('eval_all_per_epoch', '.2f')} | "
+                     f"{'n/a' if share != share else f'{100 * share:.1f}%'}"
+                     f"{spread('outside_model_share', '.1f', 100.0)} |")
     return "\n".join(lines)
 
 
@@ -277,8 +308,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1111)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs per method; with more than one the table gives medians and (min-max)")
     parser.add_argument("--json", help="also write the results as JSON here")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -300,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in methods:
         try:
-            results.append(benchmark_method(name, args.dataset, args.epochs, options, args.seed))
+            results.append(median_run([benchmark_method(name, args.dataset, args.epochs, options, args.seed)
+                                       for _ in range(args.repeats)]))
         except Exception as exc:  # noqa: BLE001 - one broken method must not stop the table
             log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
             results.append({"method": name, "error": f"{type(exc).__name__}: {str(exc)[:80]}"})

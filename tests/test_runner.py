@@ -419,3 +419,18 @@ def test_evaluation_batches_reuse_buffers_without_changing_predictions():
     np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(again, expected_again)
     assert prepared.eval_buffers["l"].shape == (3, t, 5)  # one chunk-sized buffer, reused
+
+
+def test_throughput_median_of_repeats():
+    throughput = load_script("throughput")
+    runs = [{"method": "m", "epochs_trained": 2, "fit_s": 1.0, "samples_per_s": sps, "eval_test_per_epoch": ev,
+             "eval_all_per_epoch": ev + 0.5, "outside_model_share": share}
+            for sps, ev, share in ((100.0, 0.9, 0.12), (300.0, 1.1, 0.08), (200.0, 1.3, 0.10))]
+    r = throughput.median_run(runs)
+    # medians by hand: samples/s 200, eval 1.1 / 1.6, share 0.10 (the third run's breakdown is kept)
+    assert (r["samples_per_s"], r["eval_test_per_epoch"], r["eval_all_per_epoch"], r["outside_model_share"]) == \
+        (200.0, 1.1, 1.6, 0.10)
+    assert r["ranges"]["samples_per_s"] == (100.0, 300.0) and len(r["runs"]) == 3
+    assert "| m, median of 3 | 2 | 1.0 | 200 (100–300) | 1.10 (0.90–1.30) | 1.60 (1.40–1.80) | 10.0% (8.0–12.0) |" \
+        in throughput.markdown([r])
+    assert throughput.median_run(runs[:1]) is runs[0]
