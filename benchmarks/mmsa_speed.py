@@ -28,6 +28,7 @@ downloaded. MMSA trains until early stopping; here its train loader stops the ru
 Usage::
 
     python benchmarks/mmsa_speed.py [--epochs 2] [--models mult,tfn,lf_dnn] [--venv DIR] [--json OUT.json]
+    python benchmarks/mmsa_speed.py --msabench-set lf_dnn:dropout=0 ...   # what-if: msabench without dropout
 """
 from __future__ import annotations
 
@@ -259,8 +260,24 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float) -> dict:
     return {"error": f"exit {proc.returncode}: {tail}"}
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["tfn:post_fusion_dropout=0", ...]`` -> {"tfn": {"post_fusion_dropout": 0}} (values parsed as JSON)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        model, sep, assignment = item.partition(":")
+        key, eq, value = assignment.partition("=")
+        if not sep or not eq or model not in MODELS or not key:
+            raise ValueError(f"--msabench-set {item!r}: expected MODEL:key=value with MODEL one of {sorted(MODELS)}")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out.setdefault(model, {})[key] = parsed
+    return out
+
+
 def measure(models: list[str], python_mmsa: str, pkl: Path, workdir: Path, epochs: int, threads: int,
-            mmsa_workers: int, timeout: float) -> list[dict]:
+            mmsa_workers: int, timeout: float, overrides: dict[str, dict] | None = None) -> list[dict]:
     """One MMSA and one msabench subprocess per model; rows with samples/s and peak RSS."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     mmsa_script = workdir / "mmsa_runner.py"
@@ -270,6 +287,7 @@ def measure(models: list[str], python_mmsa: str, pkl: Path, workdir: Path, epoch
     rows = []
     for model in models:
         config, method, params = MODELS[model]
+        params = {**params, **(overrides or {}).get(model, {})}
         log.info("MMSA %s ...", model)
         out_dir = workdir / f"mmsa-{model}"
         out_dir.mkdir(exist_ok=True)
@@ -278,7 +296,8 @@ def measure(models: list[str], python_mmsa: str, pkl: Path, workdir: Path, epoch
         log.info("msabench %s ...", method)
         ours = run_child([sys.executable, str(ours_script), str(pkl), method, json.dumps(params), str(epochs),
                           str(threads)], env, timeout)
-        rows.append({"model": model, "method": method, "mmsa": theirs, "msabench": ours})
+        rows.append({"model": model, "method": method, "mmsa": theirs, "msabench": ours,
+                     "msabench_params": params})
     return rows
 
 
@@ -367,8 +386,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--venv", help="python of an existing venv with MMSA installed (skips the install)")
     parser.add_argument("--workdir", help="keep files here instead of a temporary directory")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per subprocess")
+    parser.add_argument("--msabench-set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                        help="override one of msabench's hyperparameters for MODEL (what-if runs, e.g. "
+                             "tfn:post_fusion_dropout=0); repeatable")
     parser.add_argument("--json", help="also write the raw results here")
     args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.msabench_set)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
@@ -381,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         pkl = workdir / "mosi_shaped.pkl"
         write_mosi_pickle(pkl)
         rows = measure(models, python_mmsa, pkl, workdir, args.epochs, args.threads, args.mmsa_workers,
-                       args.timeout)
+                       args.timeout, overrides)
     load = os.getloadavg()
     gemm = gemm_gflops(args.threads)
     print(report(rows, gemm))

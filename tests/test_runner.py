@@ -434,3 +434,12 @@ def test_throughput_median_of_repeats():
     assert "| m, median of 3 | 2 | 1.0 | 200 (100–300) | 1.10 (0.90–1.30) | 1.60 (1.40–1.80) | 10.0% (8.0–12.0) |" \
         in throughput.markdown([r])
     assert throughput.median_run(runs[:1]) is runs[0]
+
+
+def test_mmsa_speed_overrides_are_per_model_and_checked():
+    mmsa_speed = load_script("mmsa_speed")
+    got = mmsa_speed.parse_overrides(["tfn:post_fusion_dropout=0", "tfn:text_dropout=0.1", "mult:attn_dropout=0"])
+    assert got == {"tfn": {"post_fusion_dropout": 0, "text_dropout": 0.1}, "mult": {"attn_dropout": 0}}
+    for bad in ("post_fusion_dropout=0", "nope:dropout=0", "tfn:dropout"):
+        with pytest.raises(ValueError, match="MODEL:key=value"):
+            mmsa_speed.parse_overrides([bad])
