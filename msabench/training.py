@@ -305,8 +305,10 @@ def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     for m, x in train.features.items():
         w = padding[m].to(x.dtype).unsqueeze(-1)
         count = w.sum(dim=(0, 1)).clamp_min(1.0)
-        mean = (x * w).sum(dim=(0, 1)) / count
-        var = (((x - mean) ** 2) * w).sum(dim=(0, 1)) / count
+        work = torch.mul(x, w)  # one split-sized temporary, reused below (same values as x * w, (x - mean) ** 2 ...)
+        mean = work.sum(dim=(0, 1)) / count
+        var = torch.sub(x, mean, out=work).pow_(2).mul_(w).sum(dim=(0, 1)) / count
+        del work
         std = var.sqrt()
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
         scaler[m] = (mean, std)
