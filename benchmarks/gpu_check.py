@@ -121,13 +121,16 @@ def linear_output_dtype(method: Any, dataset, protocol) -> str | None:
     return str(seen[0]).replace("torch.", "") if seen else None
 
 
-def one_run(label: str, name: str, dataset, epochs: int, seed: int, device: str, amp: bool) -> Outcome:
-    cls = METHODS.get(name)
-    user = {"patience": 0} if "patience" in param_defaults(cls) else {}
+def run_spec(name: str, dataset, epochs: int, seed: int) -> runner.RunSpec:
+    """A run of ``name`` under random-missing for exactly ``epochs`` epochs (early stopping off)."""
+    user = {"patience": 0} if "patience" in param_defaults(METHODS.get(name)) else {}
     _, params = runner.resolve_method_params(name, dataset, user, epochs)
-    protocol = runner.make_protocol("random-missing", {})
-    spec = runner.RunSpec(name, params, "gpu-check", {}, dataset.fingerprint, "random-missing",
-                          protocol.get_params(), seed, epochs)
+    return runner.RunSpec(name, params, "gpu-check", {}, dataset.fingerprint, "random-missing",
+                          runner.make_protocol("random-missing", {}).get_params(), seed, epochs)
+
+
+def one_run(label: str, name: str, dataset, epochs: int, seed: int, device: str, amp: bool) -> Outcome:
+    spec = run_spec(name, dataset, epochs, seed)
     options = runner.ExecOptions(device=device, amp=amp, progress=False)
     dev = runner.resolve_device(device)
     if dev.type == "cuda":
@@ -201,11 +204,7 @@ def forward_difference(method: Any, device: torch.device, amp: bool, dataset, pr
 def _fit_predictions(name: str, dataset, epochs: int, seed: int, device: torch.device
                      ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Fit once on ``device`` (mixed precision on); test predictions per condition and the warnings seen."""
-    cls = METHODS.get(name)
-    user = {"patience": 0} if "patience" in param_defaults(cls) else {}
-    _, params = runner.resolve_method_params(name, dataset, user, epochs)
-    spec = runner.RunSpec(name, params, "gpu-check", {}, dataset.fingerprint, "random-missing",
-                          runner.make_protocol("random-missing", {}).get_params(), seed, epochs)
+    spec = run_spec(name, dataset, epochs, seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         method, protocol, _ = runner.fit_method(spec, dataset, runner.ExecOptions(device=str(device), amp=True,

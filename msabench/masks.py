@@ -44,9 +44,13 @@ def restrict_to_padding(split: Split, keep: dict[str, np.ndarray | torch.Tensor]
             for m in padding}
 
 
-def apply_mask(features: dict[str, torch.Tensor], mask: Mask) -> dict[str, torch.Tensor]:
-    """Zero the dropped frames (and padding) of each modality; returns new tensors."""
-    return {m: x * mask[m].to(device=x.device, dtype=x.dtype).unsqueeze(-1) for m, x in features.items()}
+def apply_mask(features: dict[str, torch.Tensor], mask: Mask,
+               out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Zero the dropped frames (and padding) of each modality; new tensors, or written into ``out`` (which may
+    be ``features`` itself, for masking in place)."""
+    return {m: torch.mul(x, mask[m].to(device=x.device, dtype=x.dtype).unsqueeze(-1),
+                         out=None if out is None else out[m])
+            for m, x in features.items()}
 
 
 def apply_mask_bert(text_bert: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:

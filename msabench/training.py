@@ -60,14 +60,13 @@ class PreparedSplit:
         without allocating (and page-faulting) a new batch-sized tensor per batch.
         """
         batch_mask = {m: x[idx] for m, x in mask.items()}
-        if isinstance(idx, slice) and reuse_buffers:
-            feats = {m: torch.mul(x[idx], batch_mask[m].to(x.dtype).unsqueeze(-1), out=self._buffer(m, x[idx]))
-                     for m, x in self.features.items()}
-        elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors
-            feats = apply_mask({m: x[idx] for m, x in self.features.items()}, batch_mask)
+        if isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
+            rows = {m: x[idx] for m, x in self.features.items()}
+            feats = (apply_mask(rows, batch_mask, out={m: self._buffer(m, r) for m, r in rows.items()})
+                     if reuse_buffers else apply_mask(rows, batch_mask))
         else:  # rows are gathered copies: mask them in place (same values, one pass less)
-            feats = {m: x.index_select(0, idx).mul_(batch_mask[m].to(x.dtype).unsqueeze(-1))
-                     for m, x in self.features.items()}
+            rows = {m: x.index_select(0, idx) for m, x in self.features.items()}
+            feats = apply_mask(rows, batch_mask, out=rows)
         bert = self.split.text_bert
         if bert is not None:
             bert = bert[idx]
