@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -11,6 +12,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x (B, T, H) over the present frames of mask (B, T); zero where nothing is present."""
     w = mask.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
+def present_frames_only(framewise: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                        present: torch.Tensor) -> torch.Tensor:
+    """``framewise`` applied to the present frames of x (B, T, D) only, zeros at the other frames: (B, T, H).
+
+    For a function of each frame alone (an MLP), the present frames get exactly the values ``framewise(x)`` gives
+    them, from fewer rows of arithmetic (under random-missing, a third of the frames on average). Absent frames are 0,
+    which a masked pooling ignores anyway.
+    """
+    b, t, d = x.shape
+    rows = present.reshape(-1).nonzero().squeeze(1)
+    h = framewise(x.reshape(b * t, d).index_select(0, rows))
+    return h.new_zeros(b * t, h.shape[-1]).index_copy_(0, rows, h).view(b, t, h.shape[-1])
 
 
 def mlp(sizes: list[int], dropout: float = 0.0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:

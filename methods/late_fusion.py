@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from msabench.data.base import Task
-from msabench.methods._blocks import masked_mean, mlp, output_size
+from msabench.methods._blocks import masked_mean, mlp, output_size, present_frames_only
 from msabench.training import Batch, TorchMethod
 
 
@@ -21,10 +21,20 @@ class LateFusionModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        pooled = [masked_mean(torch.relu(self.encoders[m](batch.features[m])), batch.mask[m])
+        pooled = [masked_mean(self.encode(m, batch.features[m], batch.mask[m]), batch.mask[m])
                   for m in self.modalities]
         out = self.head(self.dropout(torch.cat(pooled, dim=-1)))
         return out.squeeze(-1) if out.shape[-1] == 1 else out
+
+    def encode(self, modality: str, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """relu(encoder(frame)) for every frame (training), or for the present frames only (evaluation).
+
+        Both give the same pooled values (bit for bit on CPU); training stays dense because dropout draws one
+        random number per frame, so computing fewer frames would change the dropout stream and every trained model.
+        """
+        def encoder(frames: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.encoders[modality](frames))
+        return encoder(x) if self.training else present_frames_only(encoder, x, present)
 
 
 class LateFusion(TorchMethod):
