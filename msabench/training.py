@@ -48,23 +48,38 @@ class PreparedSplit:
 
     split: Split
     features: dict[str, torch.Tensor]
+    # the mask ``features`` are already masked with (see with_mask_applied), or None
+    applied_mask: Mask | None = None
     # evaluation batches are masked into these, reused from batch to batch (see masked_batch)
     eval_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def masked_batch(self, mask: Mask, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
+    def with_mask_applied(self, mask: Mask) -> "PreparedSplit":
+        """This split with ``mask`` applied once to all of it, for a mask scored again and again (the validation
+        conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices."""
+        mask = {m: x.to(self.features[m].device) for m, x in mask.items()}
+        return PreparedSplit(self.split, apply_mask(self.features, mask), applied_mask=mask)
+
+    def masked_batch(self, mask: Mask | None, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
-        applied to just those rows (no masked copy of the whole split).
+        applied to just those rows (no masked copy of the whole split); ``mask`` None: the mask this split already
+        has applied (:meth:`with_mask_applied`).
 
         With ``reuse_buffers`` (evaluation, slices only) the masked features are written into buffers kept on this
         object, so the next such batch overwrites them: for forwards that keep nothing of their batch. Same values,
         without allocating (and page-faulting) a new batch-sized tensor per batch.
         """
-        batch_mask = {m: x[idx] for m, x in mask.items()}
-        if isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
+        if mask is None:
+            if self.applied_mask is None:
+                raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
+            batch_mask = {m: x[idx] for m, x in self.applied_mask.items()}
+            feats = {m: x[idx] for m, x in self.features.items()}
+        elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
+            batch_mask = {m: x[idx] for m, x in mask.items()}
             rows = {m: x[idx] for m, x in self.features.items()}
             feats = (apply_mask(rows, batch_mask, out={m: self._buffer(m, r) for m, r in rows.items()})
                      if reuse_buffers else apply_mask(rows, batch_mask))
         else:  # rows are gathered copies: mask them in place (same values, one pass less)
+            batch_mask = {m: x[idx] for m, x in mask.items()}
             rows = {m: x.index_select(0, idx) for m, x in self.features.items()}
             feats = apply_mask(rows, batch_mask, out=rows)
         bert = self.split.text_bert
@@ -174,10 +189,12 @@ class TorchMethod(Method):
         task = context.task
         tr = self.prepare(train)
         va = self.prepare(valid)
+        valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
+        valid_sets = {name: va.with_mask_applied(mask) for name, mask in valid_masks.items()}  # masked once
+        del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         optimizer = self.make_optimizer(params)
         grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ and not torch.cuda.is_bf16_supported())
-        valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
         best_score, best_state, since_best = -np.inf, None, 0
         curve: list[dict[str, float]] = []
         bar = tqdm(range(n_epochs), desc=stage or (self.name or type(self).__name__), leave=False,
@@ -202,7 +219,7 @@ class TorchMethod(Method):
                 total += loss.detach() * len(idx)
                 count += len(idx)
             train_loss = float(total) / max(count, 1)
-            score = self.validation_score(model, va, valid_masks, task, forward)
+            score = self.validation_score(model, valid_sets, task, forward)
             curve.append({"epoch": epoch, "train_loss": train_loss, "valid_score": score, "stage": stage})
             bar.set_postfix(loss=f"{train_loss:.4f}", valid=f"{score:.4f}")
             if score > best_score or best_state is None:
@@ -247,13 +264,14 @@ class TorchMethod(Method):
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
 
     @torch.inference_mode()
-    def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask,
+    def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask | None,
                     forward: Callable[[nn.Module, Batch], Any] | None = None) -> torch.Tensor:
-        """Predictions (metric form) for the whole prepared split under ``mask``, in eval mode."""
+        """Predictions (metric form) for the whole prepared split under ``mask`` (None: the mask the split already
+        has applied), in eval mode."""
         forward = forward or (lambda mod, b: mod(b))
         was_training = model.training
         model.eval()
-        mask = {m: x.to(self.device_) for m, x in mask.items()}
+        mask = None if mask is None else {m: x.to(self.device_) for m, x in mask.items()}
         outs, order = [], []
         for idx in self.eval_batches(prepared.split):
             batch = prepared.masked_batch(mask, idx, reuse_buffers=True)
@@ -270,13 +288,14 @@ class TorchMethod(Method):
         result[index] = pred
         return result
 
-    def validation_score(self, model: nn.Module, prepared: PreparedSplit, masks: dict[str, Mask], task: Task,
+    def validation_score(self, model: nn.Module, valid_sets: dict[str, PreparedSplit], task: Task,
                          forward: Callable[[nn.Module, Batch], Any] | None = None) -> float:
-        """Mean over the validation conditions of the task's selection metric (higher is better)."""
-        labels = prepared.split.labels.cpu().numpy()
+        """Mean over the validation conditions (the validation split with each condition's mask applied, see
+        :meth:`PreparedSplit.with_mask_applied`) of the task's selection metric (higher is better)."""
         scores = []
-        for mask in masks.values():
-            pred = self.raw_outputs(model, prepared, mask, forward).cpu().numpy()
+        for prepared in valid_sets.values():
+            labels = prepared.split.labels.cpu().numpy()
+            pred = self.raw_outputs(model, prepared, None, forward).cpu().numpy()
             score = selection_score(task, compute_metrics(task, pred, labels))
             scores.append(score if np.isfinite(score) else -np.inf)
         return float(np.mean(scores))
