@@ -2,8 +2,8 @@
 
 Whole splits live on the device; features are standardised with train-split statistics; a batch is a gather of
 shuffled rows (training) or a slice view (evaluation) of those tensors, with the epoch's or condition's mask applied
-to just those rows in one vectorised step. Model
-selection uses the validation split under the protocol's fixed validation masks; the best state is restored.
+to just those rows in one vectorised step. Model selection uses the validation split under the protocol's fixed
+validation masks, each applied to the split once per fit; the best state is restored.
 """
 from __future__ import annotations
 
@@ -68,18 +68,16 @@ class PreparedSplit:
         object, so the next such batch overwrites them: for forwards that keep nothing of their batch. Same values,
         without allocating (and page-faulting) a new batch-sized tensor per batch.
         """
-        if mask is None:
-            if self.applied_mask is None:
-                raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
-            batch_mask = {m: x[idx] for m, x in self.applied_mask.items()}
+        if mask is None and self.applied_mask is None:
+            raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
+        batch_mask = {m: x[idx] for m, x in (self.applied_mask if mask is None else mask).items()}
+        if mask is None:  # features are masked already: plain rows
             feats = {m: x[idx] for m, x in self.features.items()}
         elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
-            batch_mask = {m: x[idx] for m, x in mask.items()}
             rows = {m: x[idx] for m, x in self.features.items()}
             feats = (apply_mask(rows, batch_mask, out={m: self._buffer(m, r) for m, r in rows.items()})
                      if reuse_buffers else apply_mask(rows, batch_mask))
         else:  # rows are gathered copies: mask them in place (same values, one pass less)
-            batch_mask = {m: x[idx] for m, x in mask.items()}
             rows = {m: x.index_select(0, idx) for m, x in self.features.items()}
             feats = apply_mask(rows, batch_mask, out=rows)
         bert = self.split.text_bert
