@@ -256,6 +256,102 @@ def test_dask_local_cluster_gives_the_rows_of_the_sequential_run(grid, tmp_path)
     assert all(info["torch_threads"] == 1 for info in infos)
 
 
+def test_worker_processes_give_the_rows_of_the_sequential_run(grid, tmp_path):
+    out = tmp_path / "pool"
+    assert run_cli(GRID_ARGS + ["--out", str(out), "--workers", "2"]) == 0
+    pd.testing.assert_frame_equal(value_frame(grid_rows(out)), value_frame(grid_rows(grid)))
+
+
+# provenance of every row and run ---------------------------------------------------------------------------------
+def test_rows_and_run_json_say_what_produced_them(grid):
+    import hashlib
+    import inspect
+
+    import msabench
+    from msabench.methods.late_fusion import LateFusion
+
+    rows = grid_rows(grid)
+    dataset = load_dataset_cached("synthetic-small")
+    assert rows[["run_id", "split", "condition", "metric"]].notna().all().all()
+    lf = rows[rows["method"] == "late-fusion"]
+    defaults = {name: p.default for name, p in inspect.signature(LateFusion.__init__).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    for params in lf["params"].unique():
+        resolved = json.loads(params)
+        assert resolved == {**defaults, **{k: resolved[k] for k in ("standardize", "grad_clip")}, "epochs": 2}
+        expected_hash = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+        assert set(lf[lf["params"] == params]["params_hash"]) == {expected_hash}
+    assert set(lf["method_package"]) == {"msabench"} and set(lf["method_package_version"]) == {msabench.__version__}
+    assert set(rows["dataset_fingerprint"]) == {dataset.fingerprint}
+    assert set(rows["protocol"]) == {"random-missing"} and set(rows["protocol_version"].astype(str)) == {"1"}
+    assert set(rows["torch_version"]) == {torch.__version__} and set(rows["device"]) == {"cpu"}
+    assert set(rows["msabench_version"]) == {msabench.__version__}
+    assert rows["git_commit"].fillna("").str.fullmatch(r"([0-9a-f]{40}(-dirty)?)?").all()
+    assert (pd.to_datetime(rows["started"]) <= pd.to_datetime(rows["finished"])).all()
+    assert (rows["train_seconds"] > 0).all() and rows["mask_hash"].str.fullmatch(r"[0-9a-f]{12}").all()
+    for run_id in rows["run_id"].unique():
+        info = json.loads((grid / "runs" / run_id / "run.json").read_text())
+        first = rows[rows["run_id"] == run_id].iloc[0]
+        assert info["seed"] == first["seed"] and info["params_hash"] == first["params_hash"]
+        curve = info["training_curve"]
+        if info["method"] == "late-fusion":
+            assert [e["epoch"] for e in curve] == [0, 1]
+            assert all(np.isfinite(e["train_loss"]) and np.isfinite(e["valid_score"]) for e in curve)
+
+
+# device, determinism switches, progress ----------------------------------------------------------------------------
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from msabench.runner import resolve_device
+
+    for cuda, mps, expected in ((True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+        assert resolve_device("auto").type == expected
+    with pytest.raises(RunError, match="CUDA is not available"):
+        resolve_device("cuda")
+    with pytest.raises(RunError, match="unknown device"):
+        resolve_device("tpu-ish")
+
+
+def test_deterministic_switches_are_set_before_any_training(test_plugin, tmp_path, monkeypatch):
+    from msabench import runner
+
+    events: list[str] = []
+    monkeypatch.setattr(runner, "set_deterministic", lambda: events.append("switches"))
+    fit = runner.fit_method
+    monkeypatch.setattr(runner, "fit_method", lambda *a, **k: (events.append("fit"), fit(*a, **k))[1])
+    assert run_cli(["run", "--method", "test-spy", "--dataset", "synthetic-small", "--seeds", "1", "--epochs", "1",
+                    "--deterministic", "--device", "cpu", "--out", str(tmp_path), "--quiet"]) == 0
+    assert events and events[0] == "switches" and "fit" in events
+
+
+def test_set_deterministic_sets_the_cuda_switches(monkeypatch):
+    from msabench.runner import set_deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        set_deterministic()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark and torch.backends.cudnn.deterministic
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[2], before[3]
+
+
+def test_progress_bars_unless_quiet(tmp_path, capsys):
+    args = ["run", "--method", "late-fusion", "--dataset", "synthetic-small", "--seeds", "1", "--epochs", "2",
+            "--device", "cpu"]
+    assert run_cli(args + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "runs:" in err and "valid=" in err and "epoch" in err  # the grid's bar and the run's epoch bar
+    assert run_cli(args + ["--out", str(tmp_path / "b"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
 # bad input: one line, exit 2, nothing trained ------------------------------------------------------------------
 BAD_INPUTS = {
     "unknown method": (["--method", "no-such-method"], "unknown method"),
