@@ -180,7 +180,8 @@ def largest_per_metric(cells: pd.DataFrame, spread: pd.DataFrame | None = None) 
 
 
 def curve_difference(original: list[dict], reproduced: list[dict]) -> float:
-    """Largest |Δ| of train loss and validation score over the epochs both curves have; inf if lengths differ."""
+    """Largest relative difference |Δ| / max(|x|, 1) of train loss and validation score over the epochs of two
+    training curves (losses can be large, so not absolute); inf if their lengths differ."""
     if len(original) != len(reproduced):
         return float("inf")
     worst = 0.0
@@ -191,8 +192,9 @@ def curve_difference(original: list[dict], reproduced: list[dict]) -> float:
                 continue
             if x is None or y is None:
                 return float("inf")
-            if not (np.isnan(x) and np.isnan(y)):
-                worst = max(worst, abs(float(x) - float(y)))
+            x, y = float(x), float(y)
+            if x != y and not (np.isnan(x) and np.isnan(y)):
+                worst = max(worst, abs(x - y) / max(abs(x), 1.0))
     return worst
 
 
@@ -212,12 +214,14 @@ def seed_spread(store_rows: pd.DataFrame, info: dict[str, Any]) -> pd.DataFrame:
 
 
 def verdict_of(cells: pd.DataFrame, curve_diff: float, tolerance: float, one_side: bool) -> tuple[str, float]:
+    """``bit-identical``: every stored value and the training curve exactly equal; ``within tolerance``: every
+    stored value within ``tolerance`` (absolute); else ``different``. Returns (verdict, largest |Δ| of a value)."""
     worst = float(cells["abs_diff"].max()) if len(cells) else float("nan")
     if one_side or not len(cells):
         return "different", worst
     if bool(cells["identical"].all()) and curve_diff == 0.0:
         return "bit-identical", worst
-    if worst <= tolerance and curve_diff <= tolerance:
+    if worst <= tolerance:
         return "within tolerance", worst
     return "different", worst
 
@@ -288,8 +292,8 @@ def reproduce_run(info: dict[str, Any], original_rows: pd.DataFrame, store: Resu
     if record.key != info["run_id"]:
         out.notes.append(f"the rebuilt run has another id ({record.key}): its identity changed")
     if curve_diff != 0.0:
-        out.notes.append("training curve: " + ("different length" if np.isinf(curve_diff)
-                                               else f"largest |Δ| {curve_diff:.3g}"))
+        out.notes.append("training curve: " + ("another number of epochs" if np.isinf(curve_diff)
+                                               else f"largest relative |Δ| {curve_diff:.3g}"))
     return out
 
 
@@ -363,12 +367,16 @@ def format_outcome(o: Outcome) -> str:
     if not o.per_metric.empty and o.verdict != "bit-identical":
         parts = []
         for row in o.per_metric.itertuples(index=False):
+            if row.abs_diff == 0:
+                continue
             part = f"{row.metric} {row.abs_diff:.3g} ({row.split} {row.condition})"
             std = getattr(row, "seed_std", float("nan"))
             if std == std:
                 part += f" seed std {std:.3g}"
             parts.append(part)
-        lines.append("    largest |Δ| per metric: " + "; ".join(parts))
+        same = len(o.per_metric) - len(parts)
+        lines.append("    largest |Δ| per metric: " + ("; ".join(parts) or "none")
+                     + (f" (the other {same} metrics identical)" if parts and same else ""))
     lines += [f"    {n}" for n in o.notes]
     return "\n".join(lines)
 

@@ -197,13 +197,23 @@ def test_compare_and_verdict_against_hand_values():
     verdict, worst = verdict_of(cells, 0.0, 1e-6, False)
     assert verdict == "within tolerance" and worst == pytest.approx(4e-7)
     assert verdict_of(cells, 0.0, 1e-7, False)[0] == "different"
-    assert verdict_of(_rows_identical(), 2e-6, 1e-6, False)[0] == "different"  # the training curve counts too
+    assert verdict_of(_rows_identical(), 2e-9, 1e-6, False)[0] == "within tolerance"  # the curve decides identity
     cells, _ = compare_rows(_rows([0.5, 0.25, 1.0]), _rows([0.5, float("nan"), 1.0]))
     assert verdict_of(cells, 0.0, 1e-6, False)[0] == "different"
 
 
 def _rows_identical() -> pd.DataFrame:
     return compare_rows(_rows([1.0, 2.0, 3.0]), _rows([1.0, 2.0, 3.0]))[0]
+
+
+def test_curve_difference_is_relative_and_epoch_sensitive():
+    from msabench.reproduce import curve_difference
+
+    a = [{"train_loss": 1000.0, "valid_score": 0.5}, {"train_loss": 800.0, "valid_score": 0.25}]
+    b = [{"train_loss": 1000.1, "valid_score": 0.5}, {"train_loss": 800.0, "valid_score": 0.25}]
+    assert curve_difference(a, a) == 0.0
+    assert curve_difference(a, b) == pytest.approx(0.1 / 1000.0)
+    assert curve_difference(a, a[:1]) == float("inf")
 
 
 def test_strict_only_on_same_hardware_code_torch_and_threads():
@@ -224,3 +234,15 @@ def test_selection_sample_and_errors(study, tmp_path):
     with pytest.raises(ReproduceError, match="no finished runs"):
         select_runs(tmp_path)
     assert cli.main(["reproduce", str(study), "--out", str(study)]) == 2
+
+
+def test_max_draws_a_seeded_sample_and_method_filters(tmp_path):
+    ids = [f"{i:016x}" for i in range(6)]
+    for i, run_id in enumerate(ids):
+        (tmp_path / "runs" / run_id).mkdir(parents=True)
+        (tmp_path / "runs" / run_id / "run.json").write_text(json.dumps({"method": "tfn" if i % 2 else "lmf"}))
+    samples = {tuple(select_runs(tmp_path, max_runs=2, sample_seed=s)) for s in range(10)}
+    assert all(len(s) == 2 and set(s) <= set(ids) for s in samples) and len(samples) > 1
+    assert select_runs(tmp_path, max_runs=2, sample_seed=4) == select_runs(tmp_path, max_runs=2, sample_seed=4)
+    assert select_runs(tmp_path, methods=["tfn"]) == ids[1::2]
+    assert select_runs(tmp_path, run_ids=[ids[3], ids[0]], max_runs=5) == [ids[3], ids[0]]
