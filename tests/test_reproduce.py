@@ -95,6 +95,30 @@ def test_hardware_id_follows_the_numeric_fields_only():
     assert hardware_id({**info, "cpu_count": 64}) == hardware_id(info)  # the thread count is recorded apart
 
 
+def test_cuda_runs_record_gpu_driver_cuda_and_cudnn(monkeypatch):
+    from types import SimpleNamespace
+
+    import msabench.hardware as hw
+
+    props = SimpleNamespace(name="NVIDIA H200", major=9, minor=0, total_memory=141 * 2**30)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    monkeypatch.setattr(torch.backends.cudnn, "is_available", lambda: True)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 91002)
+    monkeypatch.setattr(hw, "_nvidia_driver", lambda: "570.124.06")
+    hw.gpu_info.cache_clear()
+    try:
+        info = hw.hardware_info("cuda")
+    finally:
+        hw.gpu_info.cache_clear()
+    assert (info["gpu_name"], info["gpu_capability"], info["gpu_driver"]) == ("NVIDIA H200", "9.0", "570.124.06")
+    assert (info["cuda_version"], info["cudnn_version"]) == ("12.8", "91002")
+    assert info["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "NVIDIA H200, driver 570.124.06, CUDA 12.8, cuDNN 91002" in hw.hardware_summary(info)
+
+
 # reproduce --------------------------------------------------------------------------------------------------------
 def test_run_reproduces_bit_for_bit_into_another_directory(study, tmp_path, capsys):
     before = snapshot(study)
