@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,26 @@ def _short(commit: str) -> str:
     return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
+def _code_dirs() -> list[Path]:
+    import msabench
+    import msabench.methods
+    import msabench.protocols
+
+    return [Path(m.__file__).resolve().parent for m in (msabench, msabench.methods, msabench.protocols)]
+
+
+def code_changed(original: str, now: str) -> bool | None:
+    """Whether msabench's code (package, methods, protocols) differs between two commits of this checkout;
+    None when git cannot tell (a commit unknown here, no git)."""
+    code = _code_dirs()
+    try:
+        out = subprocess.run(["git", "diff", "--quiet", original, now, "--", *map(str, code)], cwd=code[0],
+                             capture_output=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {0: False, 1: True}.get(out.returncode)
+
+
 def _commit_state(original: str, now: str) -> tuple[bool | None, str]:
     if not original or not now:
         return None, f"code: {original or 'unknown'} → {now or 'unknown'} (not a git checkout)"
@@ -238,6 +259,9 @@ def _commit_state(original: str, now: str) -> tuple[bool | None, str]:
         return None, f"code: {_short(original)} → {_short(now)} (uncommitted changes; cannot tell)"
     if original == now:
         return True, f"code: same commit {now[:12]}"
+    changed = code_changed(original, now)
+    if changed is False:
+        return True, f"code: same (commits {original[:12]} → {now[:12]} differ only outside msabench's code)"
     return False, f"code differs: {original[:12]} → {now[:12]}"
 
 

@@ -270,3 +270,30 @@ def test_max_draws_a_seeded_sample_and_method_filters(tmp_path):
     assert select_runs(tmp_path, max_runs=2, sample_seed=4) == select_runs(tmp_path, max_runs=2, sample_seed=4)
     assert select_runs(tmp_path, methods=["tfn"]) == ids[1::2]
     assert select_runs(tmp_path, run_ids=[ids[3], ids[0]], max_runs=5) == [ids[3], ids[0]]
+
+
+def test_code_counts_as_same_when_commits_differ_only_outside_the_code(tmp_path, monkeypatch):
+    import subprocess
+
+    import msabench.reproduce as rp
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.org")
+    git("config", "user.name", "t")
+    (tmp_path / "pkg").mkdir()
+    commits = []
+    for path, text in (("pkg/a.py", "x = 1\n"), ("README.md", "notes\n"), ("pkg/a.py", "x = 2\n")):
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("commit", "-qm", path)
+        commits.append(git("rev-parse", "HEAD"))
+    monkeypatch.setattr(rp, "_code_dirs", lambda: [tmp_path / "pkg"])
+    assert rp.code_changed(commits[0], commits[1]) is False
+    assert rp.code_changed(commits[1], commits[2]) is True
+    assert rp.code_changed(commits[0], "0" * 40) is None
+    assert rp._commit_state(commits[0], commits[1])[0] is True
+    assert rp._commit_state(commits[0], commits[2])[0] is False
+    assert rp._commit_state(commits[0] + "-dirty", commits[0])[0] is None
