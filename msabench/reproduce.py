@@ -32,6 +32,7 @@ from msabench.store import ResultsStore, read_rows_csv
 
 DEFAULT_TOLERANCE = 1e-6
 KEY = ["split", "condition", "metric"]
+ONE_SIDE = "values exist on one side only"
 
 
 class ReproduceError(ValueError):
@@ -153,7 +154,7 @@ def compare_rows(original: pd.DataFrame, reproduced: pd.DataFrame) -> tuple[pd.D
     notes = []
     one_side = merged[merged["_merge"] != "both"]
     if len(one_side):
-        notes.append(f"{len(one_side)} values exist on one side only (e.g. {one_side.iloc[0]['metric']} "
+        notes.append(f"{len(one_side)} {ONE_SIDE} (e.g. {one_side.iloc[0]['metric']} "
                      f"{one_side.iloc[0]['split']} {one_side.iloc[0]['condition']})")
     both = merged[merged["_merge"] == "both"].copy()
     masks = both["mask_hash_original"].astype(str) != both["mask_hash_reproduced"].astype(str)
@@ -295,7 +296,7 @@ def reproduce_run(info: dict[str, Any], original_rows: pd.DataFrame, store: Resu
     store.save(record)
     cells, notes = compare_rows(original_rows, record.rows)
     curve_diff = curve_difference(info.get("training_curve") or [], record.info.get("training_curve") or [])
-    verdict, worst = verdict_of(cells, curve_diff, tolerance, any("one side" in n for n in notes))
+    verdict, worst = verdict_of(cells, curve_diff, tolerance, any(ONE_SIDE in n for n in notes))
     out = Outcome(run_id=info["run_id"], method=info["method"], tag=info.get("tag") or "", seed=int(info["seed"]),
                   verdict=verdict, tolerance=tolerance, max_abs_diff=worst,
                   per_metric=largest_per_metric(cells, spread),

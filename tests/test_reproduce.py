@@ -224,6 +224,8 @@ def test_compare_and_verdict_against_hand_values():
     assert verdict_of(_rows_identical(), 2e-9, 1e-6, False)[0] == "within tolerance"  # the curve decides identity
     cells, _ = compare_rows(_rows([0.5, 0.25, 1.0]), _rows([0.5, float("nan"), 1.0]))
     assert verdict_of(cells, 0.0, 1e-6, False)[0] == "different"
+    cells, notes = compare_rows(_rows([0.5, 0.25, 1.0]), _rows([0.5, 0.25, 1.0]).iloc[:2])
+    assert len(cells) == 2 and notes and "1 values exist on one side only" in notes[0]
 
 
 def _rows_identical() -> pd.DataFrame:
