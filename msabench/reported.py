@@ -18,13 +18,15 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from msabench.leaderboard import LeaderboardError
+
 REQUIRED_KEYS = ("id", "paper", "table", "dataset", "protocol", "metric_ours", "scale", "rows")
 PAPER_KEYS = ("title", "venue")
 OPTIONAL_KEYS = ("page", "caption", "features", "split", "selection", "metric", "metrics", "conditions",
                  "summaries", "omitted")
 
 
-class ReportedError(ValueError):
+class ReportedError(LeaderboardError):
     """A reported-results file that is missing, unreadable or does not follow the schema."""
 
 
@@ -74,7 +76,7 @@ class ReportedTable:
             for cond, value in row.values.items():
                 records.append({"method": row.method, "ours": row.ours or "", "condition": cond,
                                 "kind": "summary" if cond in self.summaries else "condition",
-                                "value": value / self.scale, "paper_value": value, "source": self.id})
+                                "value": round(value / self.scale, 10), "paper_value": value, "source": self.id})
         return pd.DataFrame(records, columns=["method", "ours", "condition", "kind", "value", "paper_value",
                                               "source"])
 
