@@ -68,18 +68,21 @@ def table_cells(board, dataset: str, protocol: str, metric: str, cols: list[str]
 
 def caption(board, dataset: str, protocol: str, metric: str) -> str:
     """What the reported rows are and what differs from the measured ones ('' when there are none)."""
+    return " ".join(captions(board, dataset, protocol, metric))
+
+
+def captions(board, dataset: str, protocol: str, metric: str) -> list[str]:
+    """One sentence per reported table of a leaderboard table (see :func:`caption`)."""
     rep = reported_for(board, dataset, protocol, metric)
-    if rep.empty:
-        return ""
-    parts = []
+    parts: list[str] = []
     for source in dict.fromkeys(rep["source"]):
         t = board.reported_tables[source]
         details = "; ".join(x for x in (f"their data: {t.dataset}" + (f" ({t.features})" if t.features else ""),
                                         f"split: {t.split}" if t.split else "",
                                         f"model selection: {t.selection}" if t.selection else "") if x)
         parts.append(f"{MARK} reported by {t.citation}, {t.metric or metric} ÷ {t.scale:g}: not measured here, "
-                     f"never bolded or tested; {details}")
-    return " ".join(parts)
+                     f"never bolded or tested; {details}.")
+    return parts
 
 
 def markdown_lines(board, dataset: str, protocol: str, metric: str, cols: list[str], digits: int) -> list[str]:
