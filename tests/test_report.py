@@ -3,6 +3,7 @@ headless Chromium (skipped with a reason when Chromium is not installed; `.ci/ch
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -25,8 +26,31 @@ def site(tmp_path_factory) -> Path:
     for protocol in ("modality-missing", "random-missing"):
         assert main(["run", "--method", "late-fusion", "--dataset", "synthetic-small", "--protocol", protocol,
                      "--seeds", "1111", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(runs)]) == 0
+    assert main(["run", "--method", "late-fusion", "--dataset", "synthetic-small", "--protocol", "modality-missing",
+                 "--seeds", "1111", "--epochs", "1", "--threads", "1", "--quiet", "--out", str(runs),
+                 "--set", "hidden=32", "--protocol-option", "mask_seed=3", "--tag", "h32"]) == 0
     assert main(["report", str(runs), "--out", str(root / "site"), "--reported", "hrlf-2024-table1"]) == 0
     return root / "site"
+
+
+def test_regeneration_commands_plan_exactly_the_stored_runs(site):
+    from msabench.cli import build_parser, build_request
+    from msabench.report import study_provenance
+    from msabench.runner import plan
+    from msabench.store import ResultsStore
+
+    runs = site.parent / "small"
+    commands = study_provenance(runs)["commands"]
+    assert len(commands) == 3  # one per configuration: two protocols, and the tagged variant
+    assert any("--set hidden=32" in c and "--protocol-option mask_seed=3" in c and "--tag h32" in c
+               for c in commands)
+    keys = set()
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[:2] == ["msabench", "run"]
+        specs, _ = plan(build_request(build_parser().parse_args(argv[1:])))
+        keys |= {s.key for s in specs}
+    assert keys == ResultsStore(runs).keys()  # the commands recompute exactly the stored run ids
 
 
 class Dom(HTMLParser):
@@ -88,7 +112,7 @@ def test_site_files(site):
     assert "<table>" in card or "<h1" in card  # rendered Markdown, not raw text
     study = (site / "small.html").read_text()
     dom = parse(study)
-    assert len(dom.find("table", **{"class": "leaderboard"})) == 2
+    assert len(dom.find("table", **{"class": "leaderboard"})) == 3  # modality-missing twice (mask seeds differ)
     images = [a["src"] for a in dom.find("img")]
     assert images and all((site / src).read_bytes()[:4] == b"\x89PNG" for src in images)
     assert any("curves-" in s for s in images) and any("training-" in s for s in images)
@@ -179,7 +203,7 @@ def test_study_page_in_headless_chromium(site, tmp_path):
     images = dom.find("img")
     assert images and body.get("data-images-loaded") == str(len(images))  # every figure decoded
     boards = dom.find("table", **{"class": "leaderboard"})
-    assert len(boards) == 2
+    assert len(boards) == 3
     measured = [text for cls, text in dom.rows if cls == "measured"]
     reported = [text for cls, text in dom.rows if cls == "reported"]
     assert any(text.startswith("late-fusion") for text in measured)
