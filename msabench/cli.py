@@ -129,6 +129,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\n{table['metric'].iloc[0]} on the test split (mean ± std over seeds); rows in {args.out}/results.csv")
         with pd.option_context("display.width", 250, "display.max_columns", 30):
             print(wide.to_string())
+    if not args.no_report:
+        from msabench.run_report import write_run_report
+
+        report = write_run_report(args.out)
+        if not args.quiet:
+            print("\nwritten (--no-report skips the leaderboard and figures):")
+            print("\n".join(f"  {line}" for line in report.lines()))
     return 0
 
 
@@ -169,6 +176,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                                                "digits, so pass 1 to reproduce worker numbers sequentially)")
     p.add_argument("--scheduler", help="Dask scheduler: tcp://HOST:8786, or local:N for a LocalCluster of N workers")
     p.add_argument("--tag", help="a label stored with every row (e.g. a tuning study name)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/leaderboard.md and the robustness curves OUT/figures/*.png at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables, warnings only")
     p.set_defaults(func=cmd_run)
 
