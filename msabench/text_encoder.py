@@ -137,6 +137,7 @@ def weights_hash(model: nn.Module) -> str:
 @functools.lru_cache(maxsize=2)
 def _load(location: str) -> tuple[nn.Module, str, str]:
     transformers = _require_transformers()
+    transformers.utils.logging.disable_progress_bar()
     with torch.random.fork_rng(devices=[]):  # loading may initialise missing weights: leave the caller's RNG alone
         model = transformers.AutoModel.from_pretrained(location, local_files_only=True)
     model.eval()
