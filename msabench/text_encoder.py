@@ -25,7 +25,9 @@ Cost: each batch is trimmed to its longest token sequence before the encoder and
 encoder runs once per batch under the method's mixed precision (CUDA). A frozen encoder caches each sample's states
 by its (masked) token ids, so the same ids are never encoded twice in a fit: complete and modality-missing
 conditions, validation every epoch and a modality-missing training schedule all reuse them; conditions that drop
-tokens change the ids and are encoded (once each). A fine-tuned encoder changes every step and is never cached.
+tokens change the ids and are encoded (once each). A fine-tuned encoder uses the same cache between weight changes
+(every training step and every restore of a saved state clear it): within one validation pass and across the
+evaluation conditions after fitting, text that a condition leaves unchanged is encoded once.
 
 Open choices: CorrKD-style methods that build a teacher and a student in one fit share the one encoder of the fit.
 """
@@ -194,6 +196,12 @@ class TextEncoder(nn.Module):
             p.requires_grad_(finetune)
         if not finetune:
             self.model.eval()
+        # restored weights (the best state) make cached states stale
+        self.register_load_state_dict_post_hook(lambda module, incompatible: module.clear_cache())
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+        self._cache_bytes = 0
 
     def train(self, mode: bool = True) -> "TextEncoder":
         super().train(mode)
@@ -221,6 +229,7 @@ class TextEncoder(nn.Module):
         if rows.numel() == 0:
             return out
         if self.finetune and torch.is_grad_enabled():
+            self.clear_cache()  # the weights change with this step
             states = self._encode(text_bert, rows, lengths).float()  # (R, n, H), n = longest of the batch
             n = states.shape[1]
             states = states * attention[rows, :n].unsqueeze(-1).to(states.dtype)  # zero at padding
@@ -239,16 +248,14 @@ class TextEncoder(nn.Module):
         cpu = text_bert[rows].cpu()
         lens = lengths[rows].cpu().tolist()
         keys = [cpu[i, 0, :n].numpy().tobytes() + cpu[i, 2, :n].numpy().tobytes() for i, n in enumerate(lens)]
-        use_cache = not self.finetune  # a fine-tuned encoder in eval mode still changes between epochs
-        missing = [i for i, k in enumerate(keys) if not use_cache or k not in self._cache]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
         found: dict[int, torch.Tensor] = {}
         if missing:
             idx = rows[torch.as_tensor(missing, device=rows.device)]
             states = self._encode(text_bert, idx, lengths).float()
             for j, i in enumerate(missing):
-                found[i] = states[j, :lens[i]].clone() if use_cache else states[j, :lens[i]]
-                if use_cache:
-                    self._remember(keys[i], found[i])
+                found[i] = states[j, :lens[i]].clone()
+                self._remember(keys[i], found[i])
         for i, row in enumerate(rows.tolist()):
             value = found.get(i)
             if value is None:

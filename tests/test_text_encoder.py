@@ -138,6 +138,23 @@ def test_gradients_reach_the_encoder_only_when_fine_tuning(tiny_bert, finetune):
     assert (any(grads) if finetune else grads == [])
 
 
+def test_fine_tuned_encoder_encodes_unchanged_text_once_per_weights(tiny_bert):
+    ds = tokens_set()
+    method = fit(METHODS.get("late-fusion")(text_encoder=tiny_bert, text_finetune=True, epochs=2), ds)
+    enc, split = method.text_encoder_module_, ds.test
+    full = split.padding_mask()
+    no_audio = {**full, "a": torch.zeros_like(full["a"])}
+    before = enc.encoded_rows
+    first = method.predict(split, full)
+    assert enc.encoded_rows - before == len(split)
+    second = method.predict(split, no_audio)  # same text: nothing encoded again
+    assert enc.encoded_rows - before == len(split)
+    method.model_.load_state_dict(method.model_.state_dict())  # a restored state clears the cache
+    np.testing.assert_array_equal(method.predict(split, full), first)
+    assert enc.encoded_rows - before == 2 * len(split)
+    assert second.shape == first.shape
+
+
 @pytest.mark.parametrize("name", ["late-fusion", "self-mm"])
 def test_text_lr_only_on_the_encoder_group(tiny_bert, name):
     ds = tokens_set()
@@ -172,6 +189,11 @@ def test_features_default_unchanged_bit_for_bit():
         for cond in ("0.0", "0.5"):
             p = m.predict(ds.test, proto.mask(ds.test, cond, ds.fingerprint)).astype(np.float32)
             assert hashlib.sha256(p.tobytes()).hexdigest()[:16] == REFERENCE[(name, cond)]
+    smil = METHODS.get("smil")(epochs=1)
+    ctx = FitContext(task=ds.task, seed=1111, valid_masks=proto.masks(ds.valid, ds.fingerprint, ["0.3"]))
+    smil.fit(ds.train, ds.valid, proto.training_schedule(ds.train, 1111, ds.fingerprint), ctx)
+    p = smil.predict(ds.test, proto.mask(ds.test, "0.5", ds.fingerprint)).astype(np.float32)
+    assert hashlib.sha256(p.tobytes()).hexdigest()[:16] == "45ec435d6dcb7351"
 
 
 def test_stored_run_keeps_its_key():
