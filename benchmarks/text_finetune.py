@@ -60,7 +60,7 @@ def one(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     ds = MMSAPickle(args.data, text="bert").load() if args.data else SyntheticMOSI(text="bert").load()
     train = ds.train.subset(list(range(min(args.limit, len(ds.train)))))
-    valid = ds.valid
+    valid = ds.valid.subset(list(range(min(args.valid_limit, len(ds.valid)))))
     if args.mode == "finetune-padded":  # benchmark-only: no trimming
         def full_length(self, text_bert, rows, lengths):
             sub = text_bert[rows]
@@ -82,7 +82,7 @@ def one(args: argparse.Namespace) -> dict:
     enc = getattr(method, "text_encoder_module_", None)
     lengths = train.text_bert[:, 1].sum(1).float()
     return {
-        "mode": args.mode, "train_samples": len(train), "epochs": args.epochs, "fit_s": round(seconds, 2),
+        "mode": args.mode, "train_samples": len(train), "valid_samples": len(valid), "epochs": args.epochs, "fit_s": round(seconds, 2),
         "samples_per_s": round(args.epochs * len(train) / seconds, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "cuda_peak_mb": round(torch.cuda.max_memory_allocated() / 2**20) if device.type == "cuda" else None,
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--protocol", default="modality-missing")
     parser.add_argument("--limit", type=int, default=256, help="train samples used")
+    parser.add_argument("--valid-limit", type=int, default=64, help="validation samples used")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
@@ -114,14 +115,14 @@ def main() -> None:
         results = []
         for mode in args.modes.split(","):
             cmd = [sys.executable, __file__, "--mode", mode, "--model", model, "--data", args.data,
-                   "--protocol", args.protocol, "--limit", str(args.limit), "--epochs", str(args.epochs),
+                   "--protocol", args.protocol, "--limit", str(args.limit), "--valid-limit", str(args.valid_limit), "--epochs", str(args.epochs),
                    "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--device", args.device]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             results.append(json.loads(out.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     info = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
             "model": args.model or "random MiniLM-L6-shaped BERT", "data": args.data or "synthetic-mosi text=bert",
-            "protocol": args.protocol, "threads": args.threads, "device": args.device, "results": results}
+            "protocol": args.protocol, "threads": args.threads, "load_average_end": os.getloadavg(), "device": args.device, "results": results}
     print("| mode | samples/s | peak RSS MB | encoded rows | fit s |\n|---|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['mode']} | {r['samples_per_s']} | {r['peak_rss_mb']} | {r['encoded_rows']} | {r['fit_s']} |")

@@ -21,8 +21,9 @@ Missingness: a dropped token becomes ``[UNK]`` before the encoder ([CLS], [SEP] 
 (``batch.mask["l"]`` still tells the method which tokens were dropped). A sample whose text is missing as a whole
 (no present token) gets zero states, the feature path's absent treatment (all-zero frames), and is not encoded.
 
-Cost: each batch is trimmed to its longest token sequence before the encoder and padded back to T after it; the
-encoder runs once per batch under the method's mixed precision (CUDA). A frozen encoder caches each sample's states
+Cost: each batch is trimmed to its longest token sequence before the encoder and padded back to T after it (on
+CPU, additionally split into length-sorted chunks of 16 rows, each trimmed to its own longest); the encoder runs
+once per batch under the method's mixed precision (CUDA). A frozen encoder caches each sample's states
 by its (masked) token ids, so the same ids are never encoded twice in a fit: complete and modality-missing
 conditions, validation every epoch and a modality-missing training schedule all reuse them; conditions that drop
 tokens change the ids and are encoded (once each). A fine-tuned encoder uses the same cache between weight changes
@@ -55,7 +56,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FEATURES = "features"
 TEXT_PARAMS = ("text_encoder", "text_finetune", "text_lr", "text_encoder_id")
-CACHE_BYTES = 1 << 30  # frozen-encoder state cache per fit; oldest entries go first beyond this
+CACHE_BYTES = 1 << 30
+CPU_CHUNK = 16  # rows per encoder call on CPU (length-sorted, see TextEncoder._encode)  # frozen-encoder state cache per fit; oldest entries go first beyond this
 
 
 class TextEncoderError(ValueError):
@@ -239,9 +241,23 @@ class TextEncoder(nn.Module):
             return self._cached_states(text_bert, rows, lengths, out)
 
     def _encode(self, text_bert: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        n = int(lengths[rows].max())  # trim to the longest sequence of the batch
-        sub = text_bert[rows, :, :n]
-        return self._run(sub[:, 0], sub[:, 1], sub[:, 2])
+        """(R, n, H) states of ``rows``, n = their longest sequence. On CPU the rows go through the encoder in
+        chunks of CPU_CHUNK sorted by length, each trimmed to its own longest (padding costs compute there; the
+        attention mask makes the states the same up to rounding); on other devices as one batch."""
+        lens = lengths[rows]
+        n = int(lens.max())  # trim to the longest sequence of the batch
+        if text_bert.device.type != "cpu" or rows.numel() <= CPU_CHUNK:
+            sub = text_bert[rows, :, :n]
+            return self._run(sub[:, 0], sub[:, 1], sub[:, 2])
+        order = torch.sort(lens, stable=True).indices
+        parts = []
+        for start in range(0, rows.numel(), CPU_CHUNK):
+            chunk = order[start:start + CPU_CHUNK]
+            m = int(lens[chunk].max())
+            sub = text_bert[rows[chunk], :, :m]
+            parts.append(nn.functional.pad(self._run(sub[:, 0], sub[:, 1], sub[:, 2]), (0, 0, 0, n - m)))
+        states = torch.cat(parts)
+        return states[torch.argsort(order)]  # back to the order of ``rows``
 
     def _cached_states(self, text_bert: torch.Tensor, rows: torch.Tensor, lengths: torch.Tensor,
                        out: torch.Tensor) -> torch.Tensor:
