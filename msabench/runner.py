@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import msabench
 from msabench.data.base import MultimodalDataset
+from msabench.hardware import hardware_provenance
 from msabench.masks import derive_seed, mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
@@ -295,6 +296,7 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
         "torch_threads": torch.get_num_threads(),
         "hostname": platform.node(),
     })
+    info.update(hardware_provenance(device))
     info["training_curve"] = method.training_curve()
     info["fitted"] = fitted_facts(method)
     info["mask_hashes"] = {f"{r['split']}/{r['condition']}": r["mask_hash"] for r in rows}
@@ -351,7 +353,7 @@ ROW_COLUMNS = [
     "run_id", "tag", "method", "method_package", "method_package_version", "params", "params_hash", "dataset",
     "dataset_fingerprint", "task", "protocol", "protocol_version", "protocol_params", "protocol_package",
     "protocol_package_version", "seed", "epochs", "msabench_version", "git_commit", "torch_version", "device",
-    "started", "finished", "train_seconds",
+    "started", "finished", "train_seconds", "hardware_id",
 ]
 
 
