@@ -184,8 +184,11 @@ class SMIL(TorchMethod):
         prepared = self.prepare(train)
         padding = prepared.split.padding_mask()
         gen = torch.Generator().manual_seed(derive_seed(seed, "smil-priors"))
+        with torch.no_grad():  # complete batches: the features as the model sees them (token states with a text encoder)
+            batches = [prepared.masked_batch(padding, idx) for idx in self.eval_batches(prepared.split)]
         for m in net.modalities:
-            pooled = masked_mean(prepared.features[m], padding[m])[padding[m].any(dim=1)]
+            x = torch.cat([b.features[m] for b in batches])
+            pooled = masked_mean(x, padding[m])[padding[m].any(dim=1)]
             if pooled.shape[0] == 0:
                 continue
             centres = kmeans(pooled, self.n_priors, gen)

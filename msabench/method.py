@@ -70,6 +70,11 @@ class Method:
         return {}
 
     @classmethod
+    def finalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """The resolved hyperparameters as recorded (e.g. with a pretrained encoder's identity); unchanged here."""
+        return params
+
+    @classmethod
     def search_space(cls, trial: Any) -> dict[str, Any]:
         """Hyperparameters for one Optuna trial; {} means nothing to tune."""
         return {}

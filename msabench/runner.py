@@ -185,7 +185,7 @@ def resolve_method_params(method: str, dataset: MultimodalDataset, user_params: 
     raw.update(user_params)
     if epochs is not None and "epochs" in param_defaults(cls):
         raw["epochs"] = epochs
-    return cls, resolve_params(cls, raw)
+    return cls, cls.finalize_params(resolve_params(cls, raw))
 
 
 # one run ------------------------------------------------------------------------------------------------------

@@ -29,11 +29,12 @@ class MethodCheckError(AssertionError):
     """The method breaks the Method contract; the message says how."""
 
 
-def tiny_datasets(aligned: bool = True) -> dict[str, MultimodalDataset]:
-    """Small regression and emotion sets for quick checks."""
+def tiny_datasets(aligned: bool = True, tokens: bool = False) -> dict[str, MultimodalDataset]:
+    """Small regression and emotion sets for quick checks (``tokens``: with sentiment-bearing ``text_bert``)."""
     return {
-        "regression": make_sentiment("tiny-sentiment", TINY if aligned else TINY_UNALIGNED, seed=7, aligned=aligned),
-        "multilabel": make_emotion("tiny-emotion", TINY_EMOTION, seed=7, aligned=True),
+        "regression": make_sentiment("tiny-sentiment", TINY if aligned else TINY_UNALIGNED, seed=7, aligned=aligned,
+                                     tokens=tokens),
+        "multilabel": make_emotion("tiny-emotion", TINY_EMOTION, seed=7, aligned=True, tokens=tokens),
     }
 
 
@@ -83,6 +84,7 @@ def check_method(cls: type[Method], quick_params: dict | None = None, tasks: lis
     """Raise :class:`MethodCheckError` if ``cls`` breaks the Method contract.
 
     ``quick_params`` overrides hyperparameters for speed (by default epochs=2 when the method has ``epochs``).
+    With ``text_encoder`` in ``quick_params`` (a model directory), the data carry token ids for the encoder.
     """
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise MethodCheckError(f"{cls!r} is not a subclass of msabench.method.Method")
@@ -111,12 +113,13 @@ def check_method(cls: type[Method], quick_params: dict | None = None, tasks: lis
         raise MethodCheckError(f"{cls.__name__}.search_space suggests unknown hyperparameters {sorted(unknown)}")
     cls(**{**params, **space})
 
-    for kind, dataset in tiny_datasets(aligned=True).items():
+    tokens = params.get("text_encoder", "features") != "features"
+    for kind, dataset in tiny_datasets(aligned=True, tokens=tokens).items():
         if kind not in cls.tasks or (tasks is not None and kind not in tasks):
             continue
         _check_on(cls, params, dataset)
     if not cls.requires_aligned and "regression" in cls.tasks and (tasks is None or "regression" in tasks):
-        _check_on(cls, params, tiny_datasets(aligned=False)["regression"])
+        _check_on(cls, params, tiny_datasets(aligned=False, tokens=tokens)["regression"])
 
 
 def _check_on(cls: type[Method], params: dict, dataset: MultimodalDataset) -> None:

@@ -23,6 +23,7 @@ from msabench.masks import Mask, apply_mask, apply_mask_bert, derive_seed
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics, selection_score
 from msabench.protocol import TrainingSchedule
+from msabench import text_encoder as _text
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,14 @@ class PreparedSplit:
     applied_mask: Mask | None = None
     # evaluation batches are masked into these, reused from batch to batch (see masked_batch)
     eval_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # the pretrained text encoder's batch hook (msabench.text_encoder), or None for text features
+    encode: Callable[[Batch], Batch] | None = field(default=None, repr=False)
 
     def with_mask_applied(self, mask: Mask) -> "PreparedSplit":
         """This split with ``mask`` applied once to all of it, for a mask scored again and again (the validation
         conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices."""
         mask = {m: x.to(self.features[m].device) for m, x in mask.items()}
-        return PreparedSplit(self.split, apply_mask(self.features, mask), applied_mask=mask)
+        return PreparedSplit(self.split, apply_mask(self.features, mask), applied_mask=mask, encode=self.encode)
 
     def masked_batch(self, mask: Mask | None, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
@@ -87,8 +90,9 @@ class PreparedSplit:
                 bert = apply_mask_bert(bert, batch_mask["l"])
         s = self.split
         index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
-        return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
-                     labels=s.labels[idx], index=index, text_bert=bert)
+        batch = Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
+                      labels=s.labels[idx], index=index, text_bert=bert)
+        return batch if self.encode is None else self.encode(batch)
 
     def _buffer(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like ``rows`` (a slice of one modality's features) in the reusable buffer."""
@@ -124,7 +128,9 @@ class TorchMethod(Method):
     """A method made of a torch module (:meth:`build`) and a loss (:meth:`loss`); this class trains it."""
 
     def __init__(self, lr: float = 1e-3, batch_size: int = 64, epochs: int = 30, patience: int = 8,
-                 weight_decay: float = 0.0, grad_clip: float = 0.0, standardize: bool = True) -> None:
+                 weight_decay: float = 0.0, grad_clip: float = 0.0, standardize: bool = True,
+                 text_encoder: str = "features", text_finetune: bool = True, text_lr: float = 5e-5,
+                 text_encoder_id: str = "") -> None:
         self.lr = lr
         self.batch_size = batch_size
         self.epochs = epochs
@@ -132,6 +138,19 @@ class TorchMethod(Method):
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.standardize = standardize
+        self.text_encoder = text_encoder  # see msabench.text_encoder
+        self.text_finetune = text_finetune
+        self.text_lr = text_lr
+        self.text_encoder_id = text_encoder_id
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "build" in cls.__dict__:  # dims["l"] = the text encoder's width when one is active
+            cls.build = _text.wrap_build(cls.__dict__["build"])
+
+    @classmethod
+    def finalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        return _text.finalize_params(params)
 
     # what a method file provides ---------------------------------------------------------------------------------
     def build(self, dims: dict[str, int], seq_lens: dict[str, int], task: Task) -> nn.Module:
@@ -160,11 +179,13 @@ class TorchMethod(Method):
         self.scaler_ = fit_scaler(train.to(self.device_)) if self.standardize else None
         self._prepared_cache = None
         self.curve_: list[dict[str, float]] = []
+        self.text_encoder_module_ = _text.begin_fit(self, train)
 
     def prepare(self, split: Split) -> PreparedSplit:
         split = split.to(self.device_)
         feats = split.features if self.scaler_ is None else apply_scaler(split, self.scaler_)
-        return PreparedSplit(split, feats)
+        encoder = getattr(self, "text_encoder_module_", None)
+        return PreparedSplit(split, feats, encode=None if encoder is None else encoder.encode_batch)
 
     def autocast(self):
         if not self.amp_:
@@ -191,7 +212,7 @@ class TorchMethod(Method):
         valid_sets = {name: va.with_mask_applied(mask) for name, mask in valid_masks.items()}  # masked once
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
-        optimizer = self.make_optimizer(params)
+        optimizer = _text.make_optimizer(self, params)
         grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ and not torch.cuda.is_bf16_supported())
         best_score, best_state, since_best = -np.inf, None, 0
         curve: list[dict[str, float]] = []

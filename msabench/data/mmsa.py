@@ -8,6 +8,10 @@ Layout: a dict ``train``/``valid``/``test`` -> dict with ``text``, ``audio``, ``
 Text lengths: the attention-mask sum ``text_bert[:, 1, :].sum(-1)`` when ``text_bert`` is in the file; otherwise
 the index of the last frame with any non-zero value, plus 1 (text features are zero-padded at the end). Audio
 ``-inf``/``+inf`` become 0, as MMSA does.
+
+``text=bert`` with ``tokenizer=MODEL`` (a Hugging Face name or local directory, loaded offline first) tokenizes
+``raw_text`` on load when the file has no ``text_bert``, padded/truncated to ``max_length`` tokens (default: the text
+sequence length T, MMSA's L; it must equal T, since text masks are drawn over T positions).
 """
 from __future__ import annotations
 
@@ -168,7 +172,8 @@ class MMSAPickle(DatasetSource):
     """MMSA-format pickle (MOSI, MOSEI, CH-SIMS); options ``text`` and ``metric_set``."""
 
     name = "mmsa"
-    description = "MMSA pickle (CMU-MOSI/MOSEI/CH-SIMS): mmsa:PATH, options text=features|bert, metric_set=mosi|sims"
+    description = ("MMSA pickle (CMU-MOSI/MOSEI/CH-SIMS): mmsa:PATH, options text=features|bert, "
+                   "metric_set=mosi|sims, tokenizer=MODEL, max_length=L")
     takes_path = True
 
     def load(self) -> MultimodalDataset:
@@ -182,7 +187,8 @@ class MMSAPickle(DatasetSource):
             train = raw_splits["train"]
             metric_set = "sims" if all(k in train for k in SIMS_UNIMODAL_KEYS) else "mosi"
         task: Task = REGRESSION_SIMS if metric_set == "sims" else REGRESSION_MOSI
-        splits = {s: self._split(raw, s, source, text_mode) for s, raw in raw_splits.items()}
+        tokenize = self._tokenizer(text_mode)
+        splits = {s: self._split(raw, s, source, text_mode, tokenize) for s, raw in raw_splits.items()}
         for split in splits.values():
             validate_split(split, task, source=source)
         seq_lens = splits["train"].seq_lens()
@@ -194,8 +200,35 @@ class MMSAPickle(DatasetSource):
             info={"format": "mmsa", "path": source, "text": text_mode, "metric_set": metric_set},
         )
 
+    def _tokenizer(self, text_mode: str) -> Any:
+        """A function (raw_text list, T, split, source) -> (N, 3, L) ids, or None without ``tokenizer=``."""
+        name = self.options.get("tokenizer")
+        if name in (None, "", "none"):
+            return None
+        if text_mode != "bert":
+            raise DataError("dataset option tokenizer= needs text=bert (--dataset-option text=bert)")
+        from msabench.text_encoder import TextEncoderError, load_tokenizer
+
+        try:
+            tok = load_tokenizer(str(name))
+        except TextEncoderError as exc:
+            raise DataError(str(exc)) from None
+        max_length = self.options.get("max_length")
+
+        def tokenize(texts: Any, t: int, split: str, source: str) -> np.ndarray:
+            length = t if max_length in (None, "") else int(str(max_length))
+            if length != t:
+                raise DataError(f"{source}: max_length={length} must equal the text sequence length {t} "
+                                f"(text masks are drawn over those positions); drop max_length")
+            enc = tok([str(x) for x in texts], padding="max_length", truncation=True, max_length=length,
+                      return_token_type_ids=True)
+            return np.stack([np.asarray(enc["input_ids"]), np.asarray(enc["attention_mask"]),
+                             np.asarray(enc["token_type_ids"])], axis=1).astype(np.int64)
+
+        return tokenize
+
     @staticmethod
-    def _split(raw: Mapping[str, Any], split: str, source: str, text_mode: str) -> Split:
+    def _split(raw: Mapping[str, Any], split: str, source: str, text_mode: str, tokenize: Any = None) -> Split:
         labels = float_array(get_key(raw, "regression_labels", split, source), 1, "regression_labels", split, source)
         n = labels.shape[0]
         features: dict[str, np.ndarray] = {}
@@ -206,7 +239,14 @@ class MMSAPickle(DatasetSource):
             check_finite(features[m], key, split, source)
 
         text_bert = None
-        if "text_bert" in raw or text_mode == "bert":
+        if "text_bert" not in raw and text_mode == "bert" and tokenize is not None:
+            texts = get_key(raw, "raw_text", split, source)
+            check_count(n, len(texts), "raw_text", split, source, "regression_labels")
+            text_bert = tokenize(texts, features["l"].shape[1], split, source)
+        elif "text_bert" in raw or text_mode == "bert":
+            if "text_bert" not in raw:
+                raise DataError(f"{source} [split {split!r}]: no key 'text_bert' for text=bert; add "
+                                f"--dataset-option tokenizer=MODEL to tokenize its raw_text")
             text_bert = int_array(get_key(raw, "text_bert", split, source), 3, "text_bert", split, source)
             check_count(n, text_bert.shape[0], "text_bert", split, source, "regression_labels")
             if text_bert.shape[1] != 3:

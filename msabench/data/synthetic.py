@@ -6,6 +6,12 @@ the strongest, audio and vision are weaker, and all three together beat text alo
 mostly from text and arousal mostly from audio, so the modalities complement each other. Each frame carries the
 signal only with some probability, on top of a per-sample nuisance style and frame noise; sequences have variable
 lengths with zero padding. Everything is deterministic in ``seed``.
+
+Option ``text=bert`` adds ``text_bert`` (MMSA layout (N, 3, T_l): ids, attention mask, segment ids) whose words carry
+the text's planted sentiment: between [CLS] and [SEP], each word is, with probability 0.6, a positive or negative
+word (chosen by the sign-probability sigmoid(1.5 t) of the text's signal t) and otherwise a neutral word, from a
+made-up vocabulary (ids 110-119 positive, 120-129 negative, 130-159 neutral; any BERT-layout model with at least
+160 ids reads them). The features are the same as without the option.
 """
 from __future__ import annotations
 
@@ -66,8 +72,35 @@ def _lengths(rng: np.random.Generator, n: int, seq_len: int) -> np.ndarray:
     return rng.integers(low, seq_len + 1, size=n)
 
 
+POSITIVE_IDS = np.arange(110, 120)
+NEGATIVE_IDS = np.arange(120, 130)
+NEUTRAL_IDS = np.arange(130, 160)
+SYNTHETIC_VOCAB = 160
+
+
+def sentiment_tokens(text_signal: np.ndarray, lengths: np.ndarray, seq_len: int, seed: int) -> np.ndarray:
+    """(N, 3, seq_len) BERT-layout ids whose words carry ``text_signal``'s sign (see the module docstring)."""
+    from msabench.masks import BERT_CLS_ID, BERT_SEP_ID
+
+    rng = np.random.default_rng([seed, 1016])  # its own stream: the features do not change
+    n = text_signal.shape[0]
+    out = np.zeros((n, 3, seq_len), dtype=np.int64)
+    p_pos = 1.0 / (1.0 + np.exp(-1.5 * text_signal))
+    carry = rng.random((n, seq_len)) < 0.6
+    positive = rng.random((n, seq_len)) < p_pos[:, None]
+    words = np.where(carry, np.where(positive, rng.choice(POSITIVE_IDS, (n, seq_len)),
+                                     rng.choice(NEGATIVE_IDS, (n, seq_len))),
+                     rng.choice(NEUTRAL_IDS, (n, seq_len)))
+    pos = np.arange(seq_len)[None, :]
+    lens = np.maximum(lengths, 2)[:, None]
+    out[:, 0] = np.where(pos == 0, BERT_CLS_ID, np.where(pos == lens - 1, BERT_SEP_ID, np.where(pos < lens, words, 0)))
+    out[:, 1] = pos < lens
+    return out
+
+
 def _assemble(name: str, task: Task, shape: Shape, infos: dict[str, np.ndarray], labels: np.ndarray,
-              rng: np.random.Generator, aligned: bool) -> MultimodalDataset:
+              rng: np.random.Generator, aligned: bool, text_signal: np.ndarray | None = None,
+              tokens_seed: int = 0) -> MultimodalDataset:
     n = labels.shape[0]
     features, lengths = {}, {}
     shared_len = _lengths(rng, n, min(shape.seq_lens.values())) if aligned else None
@@ -75,6 +108,10 @@ def _assemble(name: str, task: Task, shape: Shape, infos: dict[str, np.ndarray],
         lens = shared_len if aligned else _lengths(rng, n, shape.seq_lens[m])
         lengths[m] = lens
         features[m] = _sequences(rng, infos[m], shape.seq_lens[m], shape.dims[m], m, lens)
+    text_bert = None
+    if text_signal is not None:
+        lengths["l"] = np.maximum(lengths["l"], 2)  # room for [CLS] and [SEP]; unchanged for every built-in shape
+        text_bert = sentiment_tokens(text_signal, lengths["l"], shape.seq_lens["l"], tokens_seed)
     splits = {}
     bounds = np.cumsum((0,) + shape.sizes)
     for i, split_name in enumerate(("train", "valid", "test")):
@@ -85,11 +122,13 @@ def _assemble(name: str, task: Task, shape: Shape, infos: dict[str, np.ndarray],
             lengths={m: torch.from_numpy(lengths[m][sl].astype(np.int64)) for m in lengths},
             labels=torch.from_numpy(labels[sl].copy()),
             ids=[f"{name}_{j:05d}" for j in range(sl.start, sl.stop)],
+            text_bert=None if text_bert is None else torch.from_numpy(text_bert[sl].copy()),
         )
     return MultimodalDataset(name, task, splits, aligned=aligned, info={"format": "synthetic"})
 
 
-def make_sentiment(name: str, shape: Shape, seed: int = 0, aligned: bool = True) -> MultimodalDataset:
+def make_sentiment(name: str, shape: Shape, seed: int = 0, aligned: bool = True,
+                   tokens: bool = False) -> MultimodalDataset:
     """A MOSI-like regression set: labels in [-3, 3] on a 1/3 grid (averaged annotator scores)."""
     rng = np.random.default_rng(seed)
     n = sum(shape.sizes)
@@ -102,14 +141,17 @@ def make_sentiment(name: str, shape: Shape, seed: int = 0, aligned: bool = True)
         "a": np.column_stack([0.35 * c[:, 0], c[:, 1], u["a"]]),
         "v": np.column_stack([0.3 * c[:, 0], c[:, 1], u["v"]]),
     }
-    return _assemble(name, REGRESSION_MOSI, shape, infos, labels.astype(np.float32), rng, aligned)
+    # the words carry the text's share of the score: the shared part plus text's own part
+    text_signal = c[:, 0] + 0.55 * u["l"][:, 0] if tokens else None
+    return _assemble(name, REGRESSION_MOSI, shape, infos, labels.astype(np.float32), rng, aligned, text_signal, seed)
 
 
 # valence, arousal of Neutral, Happy, Sad, Angry
 EMOTION_CENTRES = np.array([[0.0, 0.0], [1.2, 0.6], [-1.0, -0.9], [-1.0, 1.1]])
 
 
-def make_emotion(name: str, shape: Shape, seed: int = 0, aligned: bool = True) -> MultimodalDataset:
+def make_emotion(name: str, shape: Shape, seed: int = 0, aligned: bool = True,
+                 tokens: bool = False) -> MultimodalDataset:
     """An IEMOCAP-like set: one of four emotions per sample, as (N, 4) binary labels (MulT layout)."""
     rng = np.random.default_rng(seed)
     n = sum(shape.sizes)
@@ -122,7 +164,8 @@ def make_emotion(name: str, shape: Shape, seed: int = 0, aligned: bool = True) -
         "v": np.column_stack([0.45 * va[:, 0], 0.45 * va[:, 1], u["v"]]),
     }
     labels = np.eye(4, dtype=np.float32)[cls]
-    return _assemble(name, EMOTION_IEMOCAP, shape, infos, labels, rng, aligned)
+    text_signal = va[:, 0] if tokens else None  # the words carry valence
+    return _assemble(name, EMOTION_IEMOCAP, shape, infos, labels, rng, aligned, text_signal, seed)
 
 
 MOSI = Shape((1284, 229, 686), {"l": 50, "a": 50, "v": 50}, {"l": 300, "a": 5, "v": 20})
@@ -146,13 +189,18 @@ class _Synthetic(DatasetSource):
     def load(self) -> MultimodalDataset:
         seed = int(self.options.get("seed", 0))
         aligned = _as_bool(self.options.get("aligned", True))
-        unknown = set(self.options) - {"seed", "aligned"}
+        text = str(self.options.get("text", "features"))
+        unknown = set(self.options) - {"seed", "aligned", "text"}
         if unknown:
-            raise ValueError(f"dataset {self.name!r} takes options seed and aligned, not {sorted(unknown)}")
+            raise ValueError(f"dataset {self.name!r} takes options seed, aligned and text, not {sorted(unknown)}")
+        if text not in ("features", "bert"):
+            raise ValueError(f"dataset {self.name!r}: option text={text!r} should be features or bert")
         shape = self.shape if aligned else self.unaligned_shape
         make = make_emotion if self.emotion else make_sentiment
         name = self.name if (seed == 0 and aligned) else f"{self.name}[seed={seed},aligned={aligned}]"
-        return make(name, shape, seed=seed, aligned=aligned)
+        if text == "bert":
+            name += "[text=bert]"
+        return make(name, shape, seed=seed, aligned=aligned, tokens=text == "bert")
 
 
 class SyntheticSmall(_Synthetic):
