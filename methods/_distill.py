@@ -93,10 +93,12 @@ def teacher_cache_path(method: TorchMethod, context: FitContext, teacher_params:
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
-    """Eval mode and no gradients: the teacher's parameters stay exactly as trained."""
+    """Eval mode, no gradients (the teacher's own training's last gradients dropped): the teacher's parameters stay
+    exactly as trained, and any gradient found on them later would have come from the student's training."""
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+        p.grad = None
     return teacher
 
 
