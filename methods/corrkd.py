@@ -27,6 +27,10 @@ from msabench.training import Batch, TorchMethod, task_loss
 log = logging.getLogger(__name__)
 
 RCD_MODES = ("mi", "kl", "off")
+# how SCD and CPD see the joint representation h: "normalized" (default) L2-normalises h_s and h_t first, so the terms
+# are bounded (squared distances <= 4) whatever the width and magnitude of h; "legacy" distils the raw h (the
+# behaviour of the first published runs, whose SCD outweighed the task loss tenfold and collapsed some students)
+DISTILL_SCALES = ("normalized", "legacy")
 PREDICT_WITH = ("student", "teacher")
 # the hyperparameters the teacher's training depends on (the distillation settings do not change the teacher)
 TEACHER_PARAMS = ("d", "heads", "layers", "dropout", "n_polarity", "ce_weight", "lr", "batch_size", "epochs",
@@ -191,7 +195,8 @@ class CorrKD(TorchMethod):
     def __init__(self, d: int = 40, heads: int = 10, layers: int = 2, dropout: float = 0.1, n_polarity: int = 2,
                  ce_weight: float = 1.0, scd: bool = True, cpd: bool = True, rcd: str = "mi",
                  lambda_scd: float = 1.0, lambda_cpd: float = 1.0, lambda_rcd: float = 1.0, eta: float = 1.0,
-                 tau: float = 4.0, mi_hidden: int = 64, student_recipe: str = "protocol",
+                 tau: float = 4.0, mi_hidden: int = 64, distill_scale: str = "normalized",
+                 student_recipe: str = "protocol",
                  predict_with: str = "student", lr: float = 1e-3, batch_size: int = 128, epochs: int = 50,
                  patience: int = 8, weight_decay: float = 0.0, **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
@@ -211,6 +216,7 @@ class CorrKD(TorchMethod):
         self.eta = eta
         self.tau = tau
         self.mi_hidden = mi_hidden
+        self.distill_scale = distill_scale
         self.student_recipe = student_recipe
         self.predict_with = predict_with
 
@@ -233,6 +239,8 @@ class CorrKD(TorchMethod):
             "lambda_scd": trial.suggest_float("lambda_scd", 0.1, 2.0, log=True),
             "lambda_cpd": trial.suggest_float("lambda_cpd", 0.1, 2.0, log=True),
             "lambda_rcd": trial.suggest_float("lambda_rcd", 0.1, 2.0, log=True),
+            "tau": trial.suggest_float("tau", 1.0, 8.0, log=True),
+            "distill_scale": trial.suggest_categorical("distill_scale", list(DISTILL_SCALES)),
         }
 
     # model and losses ----------------------------------------------------------------------------------------------
@@ -241,6 +249,8 @@ class CorrKD(TorchMethod):
             raise ValueError(f"corrkd: heads={self.heads} must divide d={self.d}")
         if self.rcd not in RCD_MODES:
             raise ValueError(f"corrkd: rcd must be one of {RCD_MODES}, got {self.rcd!r}")
+        if self.distill_scale not in DISTILL_SCALES:
+            raise ValueError(f"corrkd: distill_scale must be one of {DISTILL_SCALES}, got {self.distill_scale!r}")
         if self.predict_with not in PREDICT_WITH:
             raise ValueError(f"corrkd: predict_with must be one of {PREDICT_WITH}, got {self.predict_with!r}")
         if self.n_polarity not in (2, 3):
@@ -265,8 +275,13 @@ class CorrKD(TorchMethod):
     def distillation_loss(self, student_out: dict[str, torch.Tensor], teacher_out: dict[str, torch.Tensor],
                           cats: torch.Tensor, critics: RCDCritics | None,
                           perm: torch.Tensor | None) -> torch.Tensor:
-        """lambda_scd * L_SCD + lambda_cpd * L_CPD + lambda_rcd * L_RCD with the switches applied."""
+        """lambda_scd * L_SCD + lambda_cpd * L_CPD + lambda_rcd * L_RCD with the switches applied.
+
+        With ``distill_scale="normalized"`` SCD and CPD compare the L2-normalised h (eta on the unit sphere's scale).
+        """
         h_s, h_t = student_out["h"].float(), teacher_out["h"].detach().float()
+        if self.distill_scale == "normalized":
+            h_s, h_t = F.normalize(h_s, dim=-1, eps=1e-8), F.normalize(h_t, dim=-1, eps=1e-8)
         total = h_s.new_zeros(())
         if self.scd:
             total = total + self.lambda_scd * scd_loss(h_s, h_t, self.eta)

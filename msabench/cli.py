@@ -129,6 +129,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"\n{table['metric'].iloc[0]} on the test split (mean ± std over seeds); rows in {args.out}/results.csv")
         with pd.option_context("display.width", 250, "display.max_columns", 30):
             print(wide.to_string())
+    if not args.no_report:
+        from msabench.run_report import write_run_report
+
+        report = write_run_report(args.out)
+        if not args.quiet:
+            print("\nwritten (--no-report skips the leaderboard and figures):")
+            print("\n".join(f"  {line}" for line in report.lines()))
     return 0
 
 
@@ -169,6 +176,8 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
                                                "digits, so pass 1 to reproduce worker numbers sequentially)")
     p.add_argument("--scheduler", help="Dask scheduler: tcp://HOST:8786, or local:N for a LocalCluster of N workers")
     p.add_argument("--tag", help="a label stored with every row (e.g. a tuning study name)")
+    p.add_argument("--no-report", action="store_true",
+                   help="do not write OUT/leaderboard.md and the robustness curves OUT/figures/*.png at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables, warnings only")
     p.set_defaults(func=cmd_run)
 
@@ -205,6 +214,47 @@ def add_masks_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_masks)
 
 
+# reproduce --------------------------------------------------------------------------------------------------------
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from msabench.reproduce import format_outcome, hardware_here, reproduce, summary_line
+
+    print(f"reproducing runs of {args.runs_dir} on {hardware_here(args.device or 'cpu')}; tolerance {args.tolerance:g} "
+          f"(absolute, per value)", flush=True)
+    outcomes = reproduce(args.runs_dir, run_ids=args.run, out=args.out, max_runs=args.max, sample_seed=args.seed,
+                         tolerance=args.tolerance, threads=args.threads, device=args.device, dataset=args.dataset,
+                         methods=_csv_list(args.method) if args.method else None,
+                         on_outcome=lambda o: print(format_outcome(o), flush=True))
+    print(summary_line(outcomes))
+    return 1 if any(o.failed for o in outcomes) else 0
+
+
+def add_reproduce_parser(sub: argparse._SubParsersAction) -> None:
+    from msabench.reproduce import DEFAULT_TOLERANCE
+
+    p = sub.add_parser("reproduce", help="re-run stored runs from their run.json and compare the numbers",
+                       description="Rebuild each run from its run.json (method, resolved hyperparameters, dataset, "
+                                   "protocol, seed, epochs, threads, determinism), check the dataset fingerprint, "
+                                   "re-run it into another directory and report bit-identical / within tolerance / "
+                                   "different. Exit status 1 when a run on the same hardware, code, torch and "
+                                   "thread count is not bit-identical.")
+    p.add_argument("runs_dir", help="a results directory written by 'msabench run --out DIR' (holds runs/)")
+    p.add_argument("--run", nargs="+", metavar="RUN_ID", help="only these runs (default: all, or --max of them)")
+    p.add_argument("--method", help="only runs of these methods (comma-separated)")
+    p.add_argument("--max", type=int, metavar="N", help="a random sample of N runs (drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --max sample (default 0)")
+    p.add_argument("--out", help="where the reproduced runs go (default: a temporary directory, removed after); "
+                                 "never RUNS_DIR")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                   help=f"largest absolute difference per value still called 'within tolerance' "
+                        f"(default {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--threads", type=int, help="torch threads (default: each run's recorded count)")
+    p.add_argument("--device", help="device (default: each run's recorded device)")
+    p.add_argument("--dataset", metavar="FORMAT:PATH",
+                   help="the dataset file when it is not where the run found it (same format; its fingerprint "
+                        "must match the recorded one)")
+    p.set_defaults(func=cmd_reproduce)
+
+
 # main -------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msabench", description="Benchmark for multimodal sentiment analysis "
@@ -216,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
     add_run_parser(sub)
     add_masks_parser(sub)
+    add_reproduce_parser(sub)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -231,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     from msabench.leaderboard import LeaderboardError
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
+    from msabench.reproduce import ReproduceError
     from msabench.runner import RunError, RunFailed
     from msabench.store import StoreError
 
@@ -241,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (CLIError, RunError, RegistryError, ParameterError, DataError, StoreError, LeaderboardError,
-            FileNotFoundError) as exc:
+            ReproduceError, FileNotFoundError) as exc:
         print(f"msabench: error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:  # some runs raised at run time; the others were stored

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import msabench
 from msabench.data.base import MultimodalDataset
+from msabench.hardware import hardware_provenance
 from msabench.masks import derive_seed, mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
@@ -289,12 +290,13 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
     finished = datetime.now(timezone.utc)
     info = provenance(spec, dataset, protocol, device, started, finished, train_seconds)
     info.update({
-        "eval_seconds": round(eval_seconds, 3),
+        "eval_seconds": round(eval_seconds, 6),  # microseconds: work that happened never reads 0
         "amp": bool(options.amp and device.type == "cuda"),
         "deterministic": options.deterministic,
         "torch_threads": torch.get_num_threads(),
         "hostname": platform.node(),
     })
+    info.update(hardware_provenance(device))
     info["training_curve"] = method.training_curve()
     info["fitted"] = fitted_facts(method)
     info["mask_hashes"] = {f"{r['split']}/{r['condition']}": r["mask_hash"] for r in rows}
@@ -343,7 +345,7 @@ def provenance(spec: RunSpec, dataset: MultimodalDataset, protocol: EvalProtocol
         "device": str(device),
         "started": started.isoformat(),
         "finished": finished.isoformat(),
-        "train_seconds": round(train_seconds, 3),
+        "train_seconds": round(train_seconds, 6),
     }
 
 
@@ -351,7 +353,7 @@ ROW_COLUMNS = [
     "run_id", "tag", "method", "method_package", "method_package_version", "params", "params_hash", "dataset",
     "dataset_fingerprint", "task", "protocol", "protocol_version", "protocol_params", "protocol_package",
     "protocol_package_version", "seed", "epochs", "msabench_version", "git_commit", "torch_version", "device",
-    "started", "finished", "train_seconds",
+    "started", "finished", "train_seconds", "hardware_id",
 ]
 
 

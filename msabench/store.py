@@ -212,7 +212,7 @@ class ResultsStore:
 
 # columns that look numeric but are labels ("0.0" is a condition, run ids are hex)
 TEXT_COLUMNS = ("run_id", "tag", "condition", "mask_hash", "params_hash", "git_commit", "dataset_fingerprint",
-                "split", "metric", "protocol_version", "method_package_version")
+                "split", "metric", "protocol_version", "method_package_version", "hardware_id")
 
 
 def read_rows_csv(path: str | os.PathLike) -> pd.DataFrame:

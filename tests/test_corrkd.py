@@ -198,6 +198,26 @@ def test_ablation_switches_turn_distillation_off():
     assert method.distillation_loss(out, other, torch.tensor([0, 1, 0, 1]), None, None).item() == 0.0
 
 
+@pytest.mark.parametrize("scale", [1.0, 10.0, 300.0])
+def test_normalized_distillation_ignores_the_magnitude_of_h_and_matches_numpy(scale):
+    rng = np.random.default_rng(2)
+    hs, ht = np.abs(rng.normal(size=(6, 5))), np.abs(rng.normal(size=(6, 5)))
+    cats = np.array([0, 1, 0, 1, 1, 0])
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    expected = np_scd(unit(hs), unit(ht), 0.5) + np_cpd(unit(hs), unit(ht), cats)
+    method = CorrKD(eta=0.5, rcd="off")  # distill_scale="normalized" is the default
+    out = {"h": torch.tensor(hs * scale), "logits": torch.zeros(6, 2)}
+    teacher = {"h": torch.tensor(ht * scale), "logits": torch.zeros(6, 2)}
+    loss = method.distillation_loss(out, teacher, torch.tensor(cats), None, None).item()
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert loss <= 4.0 + 1.0  # bounded: squared distances of unit vectors <= 4, CPD <= 4 (cosines in [-1, 1])
+    legacy = CorrKD(eta=0.5, rcd="off", distill_scale="legacy")
+    raw = legacy.distillation_loss(out, teacher, torch.tensor(cats), None, None).item()
+    assert raw == pytest.approx(np_scd(hs * scale, ht * scale, 0.5) + np_cpd(hs, ht, cats), rel=1e-5)
+    with pytest.raises(ValueError, match="distill_scale"):
+        CorrKD(distill_scale="bogus").build({"l": 4, "a": 4, "v": 4}, {}, REGRESSION_MOSI)
+
+
 # the teacher-student fit ----------------------------------------------------------------------------------------
 def _setup(kind: str, cls: type = CorrKD, **params):
     dataset = tiny_datasets()[kind]

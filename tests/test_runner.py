@@ -299,6 +299,20 @@ def test_rows_and_run_json_say_what_produced_them(grid):
             assert all(np.isfinite(e["train_loss"]) and np.isfinite(e["valid_score"]) for e in curve)
 
 
+def test_durations_keep_microseconds(test_plugin, monkeypatch):
+    """A fit and an evaluation of a few microseconds are stored as such, not rounded to 0 (the clock is faked, so
+    nothing here depends on the machine's speed)."""
+    from msabench import runner
+
+    ticks = iter([100.0, 100.000004, 200.0, 200.000003])  # fit start, fit end, eval start, eval end
+    monkeypatch.setattr(runner.time, "perf_counter", lambda: next(ticks))
+    specs, datasets = plan(RunRequest(methods=["test-spy"], protocol="none", seeds=[1], epochs=1))
+    record = runner.execute_run(specs[0], ExecOptions(device="cpu"), datasets["synthetic-small"])
+    assert record.info["train_seconds"] == pytest.approx(4e-6, abs=1e-9)
+    assert record.info["eval_seconds"] == pytest.approx(3e-6, abs=1e-9)
+    assert (record.rows["train_seconds"] > 0).all()
+
+
 # device, determinism switches, progress ----------------------------------------------------------------------------
 def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     from msabench.runner import resolve_device
