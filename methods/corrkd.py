@@ -8,13 +8,7 @@ open.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import pickle
-import sys
-from dataclasses import replace
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -24,8 +18,9 @@ from torch import nn
 from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.masks import derive_seed
 from msabench.method import FitContext
-from msabench.params import params_hash
-from msabench.methods._blocks import TransformerSeqEncoder, masked_mean, mlp
+from msabench.methods import _distill
+from msabench.methods._blocks import TransformerSeqEncoder, masked_mean
+from msabench.methods._mi import StatisticsNet, derangement, jsd_mi
 from msabench.protocol import TRAINING_RECIPES, TrainingSchedule
 from msabench.training import Batch, TorchMethod, task_loss
 
@@ -122,28 +117,6 @@ def decouple(prob: torch.Tensor, cats: torch.Tensor) -> tuple[torch.Tensor, torc
     return binary, p_hat
 
 
-def derangement(n: int, generator: torch.Generator) -> torch.Tensor:
-    """A random permutation of range(n) without fixed points (a random cycle through all n; identity for n < 2)."""
-    if n < 2:
-        return torch.arange(n)
-    order = torch.randperm(n, generator=generator)
-    perm = torch.empty(n, dtype=torch.long)
-    perm[order] = order.roll(-1)
-    return perm
-
-
-def jsd_mi(stat: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-           perm: torch.Tensor) -> torch.Tensor:
-    """Jensen-Shannon MI estimate (Deep InfoMax form) between paired rows of x and y.
-
-    E_joint[-softplus(-T(x, y))] - E_shuffled[softplus(T(x, y[perm]))], where ``stat(x, y)`` returns one score per
-    row and ``perm`` pairs each x with another sample's y.
-    """
-    joint = stat(x, y).reshape(-1)
-    marginal = stat(x, y[perm.to(y.device)]).reshape(-1)
-    return (-F.softplus(-joint)).mean() - F.softplus(marginal).mean()
-
-
 def decoupled_kl(z_t: torch.Tensor, z_s: torch.Tensor, cats: torch.Tensor, tau: float) -> torch.Tensor:
     """Decoupled KL between teacher and student logits (B, C) at temperature tau (the "w/o RCD" variant).
 
@@ -167,17 +140,6 @@ def decoupled_kl(z_t: torch.Tensor, z_s: torch.Tensor, cats: torch.Tensor, tau: 
     kl_b = (lb_t.exp() * (lb_t - lb_s)).sum(dim=-1)
     kl_h = (lh_t.exp() * (lh_t - lh_s)).sum(dim=-1)
     return (kl_b + kl_h).mean() * tau ** 2
-
-
-class StatisticsNet(nn.Module):
-    """T_theta(x, y): an MLP on the concatenated pair, one score per row."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = mlp([2 * dim, hidden, hidden, 1])
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, y], dim=-1)).squeeze(-1)
 
 
 class RCDCritics(nn.Module):
@@ -346,9 +308,7 @@ class CorrKD(TorchMethod):
             self.model_ = teacher
             return self
 
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        _distill.freeze(teacher)
 
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(dims, seq_lens, task).to(self.device_)
@@ -367,57 +327,10 @@ class CorrKD(TorchMethod):
 
     def _complete_data_teacher(self, train: Split, valid: Split, schedule: TrainingSchedule,
                                context: FitContext) -> nn.Module:
-        """The teacher trained on complete data and selected on the complete validation split.
-
-        It does not depend on the protocol or the distillation settings, so with ``context.cache_dir`` it is
-        trained once per (teacher hyperparameters, dataset, seed, device) and loaded by the other runs of a grid.
-        The student stage reseeds, so a cached teacher gives exactly the numbers of a freshly trained one.
-        """
-        teacher = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
-        path = self._teacher_cache_path(context)
-        if path is not None and path.exists():
-            try:
-                saved = torch.load(path, map_location=self.device_, weights_only=True)
-                teacher.load_state_dict(saved["model"])
-            except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
-                log.warning("corrkd: ignoring unreadable cached teacher %s (%s); training it again", path, exc)
-            else:
-                self.curve_.extend(saved["curve"])
-                self.teacher_source_ = f"cache:{path.stem}"
-                return teacher
-        complete_valid = {"complete": valid.to(self.device_).padding_mask()}
-        teacher_context = replace(context, valid_masks=complete_valid, on_epoch=None)
-        curve = self.train_model(teacher, train, valid, schedule.complete(), teacher_context, stage="teacher")
-        self.teacher_source_ = "trained"
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-                torch.save({"model": teacher.state_dict(), "curve": curve}, partial)
-                os.replace(partial, path)  # atomic: a killed run leaves no half-written teacher
-            except OSError as exc:  # e.g. a Dask worker that cannot write the client's OUT: just do not cache
-                log.warning("corrkd: cannot cache the teacher in %s (%s)", path.parent, exc)
-        return teacher
-
-    def _teacher_cache_path(self, context: FitContext) -> Path | None:
-        """OUT/cache/corrkd-teacher/<hash of everything the teacher's training depends on>.pt, or None."""
-        if not context.cache_dir or not context.dataset_fingerprint:
-            return None
-        code = hashlib.sha256()
-        for module in (__name__, TransformerSeqEncoder.__module__, TorchMethod.__module__):
-            code.update(Path(sys.modules[module].__file__).read_bytes())
-        ident = {
-            "params": {k: getattr(self, k) for k in TEACHER_PARAMS},
-            "epochs": context.epochs or self.epochs,
-            "dataset": context.dataset_fingerprint,
-            "seed": context.seed,
-            "device": str(self.device_),
-            "amp": self.amp_,
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "code": code.hexdigest(),
-        }
-        return Path(context.cache_dir) / "corrkd-teacher" / f"{params_hash(ident)}.pt"
+        """The teacher trained on complete data and selected on the complete validation split, cached per grid under
+        OUT/cache/corrkd-teacher/ (see :func:`msabench.methods._distill.complete_data_teacher`)."""
+        return _distill.complete_data_teacher(self, train, valid, schedule, context, TEACHER_PARAMS,
+                                              code_modules=(TransformerSeqEncoder.__module__,))
 
     def _student_loss_fn(self, teacher: nn.Module, critics: RCDCritics | None, train: Split,
                          seed: int) -> Callable[[Any, Batch, Task], torch.Tensor]:
@@ -437,24 +350,7 @@ class CorrKD(TorchMethod):
 
         return loss_fn
 
-    @torch.no_grad()
     def _teacher_outputs(self, teacher: nn.Module, train: Split) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen teacher's joint representations (N, d) and class logits (N, C) on the complete train split."""
-        full = self.prepare(train)
-        full_mask = full.split.padding_mask()
-        was_training = teacher.training
-        teacher.eval()
-        hs, logits, order = [], [], []
-        for idx in self.eval_batches(full.split):
-            batch = full.masked_batch(full_mask, idx)
-            with self.autocast():
-                out = teacher(batch)
-            hs.append(out["h"].float())
-            logits.append(out["logits"].float())
-            order.append(batch.index)
-        teacher.train(was_training)
-        index = torch.cat(order)
-        h = torch.empty((len(full.split), hs[0].shape[1]), device=self.device_)
-        z = torch.empty((len(full.split), logits[0].shape[1]), device=self.device_)
-        h[index], z[index] = torch.cat(hs), torch.cat(logits)
-        return h, z
+        out = _distill.teacher_outputs(self, teacher, train, ("h", "logits"))
+        return out["h"], out["logits"]

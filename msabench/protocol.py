@@ -56,11 +56,22 @@ def recipe_frame_modality(split: Split, rng_for: Callable[[str], np.random.Gener
     return {m: frame[m] & modality[m] for m in frame}
 
 
+def recipe_modality_proper(split: Split, rng_for: Callable[[str], np.random.Generator]) -> KeepPattern:
+    """MMIN's training masks: one of the 2^M - 2 non-empty proper subsets of modalities per sample, uniformly
+    (never all modalities, never none: the six missing patterns of three modalities)."""
+    mods = sorted(split.features)
+    n = len(split)
+    code = rng_for("subset").integers(1, 2 ** len(mods) - 1, size=n)
+    return {m: np.broadcast_to(((code >> i) & 1).astype(bool)[:, None], _shape(split, m)).copy()
+            for i, m in enumerate(mods)}
+
+
 TRAINING_RECIPES: dict[str, Callable[[Split, Callable[[str], np.random.Generator]], KeepPattern]] = {
     "complete": recipe_complete,
     "frame": recipe_frame,
     "modality": recipe_modality,
     "frame+modality": recipe_frame_modality,
+    "modality-proper": recipe_modality_proper,
 }
 
 
