@@ -8,6 +8,7 @@ same command runs again. Runs execute in process, in a local process pool (``wor
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -16,12 +17,13 @@ import platform
 import random
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -369,6 +371,10 @@ def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
 def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None) -> RunRecord:
     """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes."""
     torch.set_num_threads(options.threads or 1)
+    from tqdm.std import tqdm as std_tqdm
+
+    if not hasattr(std_tqdm, "_lock"):  # a thread lock, not a semaphore that a stopped worker would leak
+        std_tqdm.set_lock(threading.RLock())
     dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
     return execute_run(spec, options, dataset)
 
@@ -581,15 +587,22 @@ def _worker_options(options: ExecOptions) -> ExecOptions:
 
 
 def _init_worker() -> None:
-    """Worker processes leave Ctrl-C to the main process, which stops them (no traceback per worker); their
-    progress-bar lock is a thread lock, so a stopped worker leaves no semaphore behind (no resource_tracker
-    warning)."""
-    import threading
-
-    import tqdm as tqdm_module
-
+    """Worker processes leave Ctrl-C to the main process, which stops them (no traceback per worker)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tqdm_module.tqdm.set_lock(threading.RLock())
+
+
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started in the block ignore Ctrl-C (an ignored signal stays ignored in a child), so that only
+    this process reacts to it and stops them (Dask's LocalCluster workers)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> Iterable[Outcome]:
@@ -629,8 +642,9 @@ def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> 
     cluster = None
     try:
         if kind == "local":
-            cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            with _children_ignore_sigint():
+                cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             client = Client(cluster)
         else:
             client = Client(str(target), timeout="20s")
