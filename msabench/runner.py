@@ -509,18 +509,19 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     last_rebuild = time.monotonic()
     outcomes = _execute_all(todo, options, datasets, workers, scheduler)
     try:
-        for spec, record, error in outcomes:
-            if error is not None:
-                log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
-                          type(error).__name__, error, exc_info=error)
-                failed.append((spec, error))
-            else:
-                store.save(record)
-                if time.monotonic() - last_rebuild >= REBUILD_EVERY_S:
-                    store.rebuild_results()
-                    last_rebuild = time.monotonic()
-                bar.set_postfix_str(f"{spec.method} seed {spec.seed} done", refresh=False)
-            bar.update(1)
+        with _sigint_noted() as pressed:
+            for spec, record, error in _stop_when(outcomes, pressed):
+                if error is not None:
+                    log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
+                              type(error).__name__, error, exc_info=error)
+                    failed.append((spec, error))
+                else:
+                    store.save(record)
+                    if time.monotonic() - last_rebuild >= REBUILD_EVERY_S:
+                        store.rebuild_results()
+                        last_rebuild = time.monotonic()
+                    bar.set_postfix_str(f"{spec.method} seed {spec.seed} done", refresh=False)
+                bar.update(1)
     except BaseException as exc:  # stop the workers, keep what finished, say how far the grid got
         outcomes.close()
         bar.close()
@@ -542,6 +543,34 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
         raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {names}. The others are stored in {out}; "
                         f"rerun the same command to retry the failed runs")
     return rows
+
+
+@contextlib.contextmanager
+def _sigint_noted() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also noted in the yielded list: Python ignores an exception
+    raised inside a ``__del__`` (e.g. a progress bar's), so the grid checks the note between runs as well."""
+    pressed: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pressed
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_when(outcomes: Iterable[Outcome], pressed: list[int]) -> Iterator[Outcome]:
+    """``outcomes`` until Ctrl-C was noted (a run that finished meanwhile is still handed over to be stored)."""
+    for outcome in outcomes:
+        yield outcome
+        if pressed:
+            raise KeyboardInterrupt
 
 
 def _rebuild_after_failure(store: ResultsStore) -> None:

@@ -364,3 +364,34 @@ def test_ctrl_c_while_a_run_is_being_stored_waits_until_it_is_stored(tmp_path, m
     assert store.keys() == {"k1"} and temporaries(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / "runs" / "k1").iterdir()) == ["rows.csv", "run.json"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class SwallowsCtrlC:
+    """An object whose ``__del__`` receives the Ctrl-C: Python prints and ignores an exception raised there."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # the handler runs here, inside __del__
+            pass
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_swallowed_by_a_destructor_still_stops_the_grid(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C that lands in a ``__del__`` (a progress bar's, say) is lost to Python; the grid must still stop
+    after the run in progress and say so."""
+    calls = []
+
+    def run_with_lost_interrupt(spec, options, dataset=None):
+        calls.append(spec.seed)
+        if len(calls) == 1:
+            SwallowsCtrlC()  # created and destroyed at once
+        return trained_once(spec, options, dataset)
+
+    monkeypatch.setattr(runner, "execute_run", run_with_lost_interrupt)
+    out = tmp_path / "out"
+    assert main(run_args(out, "1111,1112")) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (f"msabench: interrupted: 1 run finished and was kept in {out} (1 of 2 runs of "
+                                    f"this grid are stored); rerunning the same command continues")
+    assert calls == [1111] and len(ResultsStore(out).keys()) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
