@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
-import signal
 import socket
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,34 +57,14 @@ def describe(path: str | os.PathLike | None, exc: OSError, flag: str = "--out", 
 
 
 @contextmanager
-def writing(path: str | os.PathLike, flag: str = "--out") -> Iterator[None]:
-    """Turn an ``OSError`` raised inside the block into :class:`WriteFailed` naming ``path``."""
+def writing(path: str | os.PathLike, flag: str = "--out", error: type[WriteFailed] = WriteFailed) -> Iterator[None]:
+    """Turn an ``OSError`` raised inside the block into ``error`` (a :class:`WriteFailed`) naming ``path``."""
     try:
         yield
     except WriteFailed:
         raise
     except OSError as exc:
-        raise WriteFailed(path, exc, flag) from exc
-
-
-@contextmanager
-def sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block ends, so a short write that has begun is finished (in the main
-    thread only; elsewhere Python delivers no signals anyway)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught:
-        if callable(previous):
-            previous(signal.SIGINT, None)
-        elif previous == signal.SIG_DFL:
-            raise KeyboardInterrupt
+        raise error(path, exc, flag) from exc
 
 
 def host_tag() -> str:
@@ -100,13 +78,14 @@ def temp_path(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{host_tag()}-{os.getpid()}")
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], flag: str = "--out") -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], flag: str = "--out",
+                 error: type[WriteFailed] = WriteFailed) -> Path:
     """Call ``write(tmp)`` then rename ``tmp`` onto ``path``: readers see the old file or the new one. On any
     failure (or Ctrl-C) the temporary is removed; an ``OSError`` becomes :class:`WriteFailed`."""
     path = Path(path)
     tmp = temp_path(path)
     try:
-        with writing(path, flag):
+        with writing(path, flag, error):
             path.parent.mkdir(parents=True, exist_ok=True)
             write(tmp)
             os.replace(tmp, path)

@@ -8,14 +8,12 @@ same command runs again. Runs execute in process, in a local process pool (``wor
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
 import os
 import platform
 import random
-import signal
 import subprocess
 import threading
 import time
@@ -23,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -39,6 +37,7 @@ from msabench.params import param_defaults, params_hash, resolve_params
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
 from msabench.registry import split_spec
+from msabench.interrupts import children_ignore_sigint, ignore_sigint, sigint_noted, stop_when
 from msabench.outputs import WriteFailed
 from msabench.store import ResultsStore, RunRecord
 
@@ -509,8 +508,8 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     last_rebuild = time.monotonic()
     outcomes = _execute_all(todo, options, datasets, workers, scheduler)
     try:
-        with _sigint_noted() as pressed:
-            for spec, record, error in _stop_when(outcomes, pressed):
+        with sigint_noted() as pressed:
+            for spec, record, error in stop_when(outcomes, pressed):
                 if error is not None:
                     log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
                               type(error).__name__, error, exc_info=error)
@@ -543,34 +542,6 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
         raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {names}. The others are stored in {out}; "
                         f"rerun the same command to retry the failed runs")
     return rows
-
-
-@contextlib.contextmanager
-def _sigint_noted() -> Iterator[list[int]]:
-    """Ctrl-C raises KeyboardInterrupt as usual and is also noted in the yielded list: Python ignores an exception
-    raised inside a ``__del__`` (e.g. a progress bar's), so the grid checks the note between runs as well."""
-    pressed: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield pressed
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        pressed.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_when(outcomes: Iterable[Outcome], pressed: list[int]) -> Iterator[Outcome]:
-    """``outcomes`` until Ctrl-C was noted (a run that finished meanwhile is still handed over to be stored)."""
-    for outcome in outcomes:
-        yield outcome
-        if pressed:
-            raise KeyboardInterrupt
 
 
 def _rebuild_after_failure(store: ResultsStore) -> None:
@@ -615,31 +586,12 @@ def _worker_options(options: ExecOptions) -> ExecOptions:
     return ExecOptions(**{**asdict(options), "progress": False})
 
 
-def _init_worker() -> None:
-    """Worker processes leave Ctrl-C to the main process, which stops them (no traceback per worker)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-@contextlib.contextmanager
-def _children_ignore_sigint() -> Iterator[None]:
-    """Processes started in the block ignore Ctrl-C (an ignored signal stays ignored in a child), so that only
-    this process reacts to it and stops them (Dask's LocalCluster workers)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> Iterable[Outcome]:
     import multiprocessing
 
     worker_opts = _worker_options(options)
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker)
+                               initializer=ignore_sigint)
     completed = False
     try:
         futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset)): s
@@ -671,7 +623,7 @@ def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> 
     cluster = None
     try:
         if kind == "local":
-            with _children_ignore_sigint():
+            with children_ignore_sigint():
                 cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
                                        dashboard_address=None)
             client = Client(cluster)

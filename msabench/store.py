@@ -28,8 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-from msabench.outputs import (WriteFailed, atomic_write, clean_stale_temps, host_tag, pid_alive, sigint_deferred,
-                               writing)
+from msabench.interrupts import sigint_deferred
+from msabench.outputs import WriteFailed, atomic_write, clean_stale_temps, host_tag, pid_alive, writing
 
 __all__ = ["ResultsStore", "RunRecord", "StoreError", "StoreWriteFailed", "pid_alive", "read_rows",
            "read_rows_csv"]
@@ -152,15 +152,15 @@ class ResultsStore:
         final = self.runs_dir / record.key
         if self.has(record.key):
             return False
-        with writing(self.runs_dir):
+        with writing(self.runs_dir, error=StoreWriteFailed):
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{record.key}-{_host()}-{os.getpid()}-",
                                         dir=self.runs_dir))
         try:
             for name, write in self._run_files(record):
-                with writing(final / name):
+                with writing(final / name, error=StoreWriteFailed):
                     write(tmp / name)
-            with writing(final):
+            with writing(final, error=StoreWriteFailed):
                 for path in tmp.iterdir():
                     with open(path, "rb") as fh:
                         os.fsync(fh.fileno())
@@ -172,8 +172,6 @@ class ResultsStore:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(exc, OSError) and self.has(record.key):  # another process stored the same run first
                 return False
-            if isinstance(exc, WriteFailed) and not isinstance(exc, StoreWriteFailed):
-                raise StoreWriteFailed(exc.path, exc.cause) from exc.cause
             raise
         _fsync_dir(self.runs_dir)
         return True
@@ -217,22 +215,18 @@ class ResultsStore:
     def rebuild_results(self) -> pd.DataFrame:
         """Rewrite ``results.csv`` (and ``results.parquet``) from the per-run files, atomically."""
         rows = self.rows()
+        atomic_write(self.root / "results.csv", lambda tmp: rows.to_csv(tmp, index=False), error=StoreWriteFailed)
         try:
-            atomic_write(self.root / "results.csv", lambda tmp: rows.to_csv(tmp, index=False))
-            try:
-                import pyarrow  # noqa: F401
-            except ImportError:
-                return rows
-            if rows.empty:
-                with writing(self.root / "results.parquet"):
-                    (self.root / "results.parquet").unlink(missing_ok=True)
-            else:
-                text = rows.astype({c: str for c in rows.columns if rows[c].dtype == object})
-                atomic_write(self.root / "results.parquet", lambda tmp: text.to_parquet(tmp, index=False))
-        except WriteFailed as exc:
-            if isinstance(exc, StoreWriteFailed):
-                raise
-            raise StoreWriteFailed(exc.path, exc.cause) from exc.cause
+            import pyarrow  # noqa: F401
+        except ImportError:
+            return rows
+        if rows.empty:
+            with writing(self.root / "results.parquet", error=StoreWriteFailed):
+                (self.root / "results.parquet").unlink(missing_ok=True)
+        else:
+            text = rows.astype({c: str for c in rows.columns if rows[c].dtype == object})
+            atomic_write(self.root / "results.parquet", lambda tmp: text.to_parquet(tmp, index=False),
+                         error=StoreWriteFailed)
         return rows
 
 
