@@ -229,10 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from msabench.data.base import DataError
     from msabench.leaderboard import LeaderboardError
+    from msabench.outputs import WRITE_ERRNOS, WriteFailed, describe
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
     from msabench.runner import RunError, RunFailed
-    from msabench.outputs import WRITE_ERRNOS, WriteFailed, describe
     from msabench.store import StoreError
 
     parser = build_parser()

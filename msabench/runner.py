@@ -30,15 +30,15 @@ from tqdm.auto import tqdm
 
 import msabench
 from msabench.data.base import MultimodalDataset
+from msabench.interrupts import children_ignore_sigint, ignore_sigint, sigint_noted, stop_when
 from msabench.masks import derive_seed, mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
+from msabench.outputs import WriteFailed
 from msabench.params import param_defaults, params_hash, resolve_params
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
 from msabench.registry import split_spec
-from msabench.interrupts import children_ignore_sigint, ignore_sigint, sigint_noted, stop_when
-from msabench.outputs import WriteFailed
 from msabench.store import ResultsStore, RunRecord
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from msabench.interrupts import sigint_deferred
-from msabench.outputs import WriteFailed, atomic_write, clean_stale_temps, host_tag, pid_alive, writing
+from msabench.outputs import WriteFailed, atomic_write, clean_stale_temps, describe, host_tag, pid_alive, writing
 
 __all__ = ["ResultsStore", "RunRecord", "StoreError", "StoreWriteFailed", "pid_alive", "read_rows",
            "read_rows_csv"]
@@ -113,8 +113,8 @@ class ResultsStore:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.runs_dir, prefix=".probe-"):
                 pass
-        except OSError as exc:
-            raise StoreWriteFailed(self.root, exc) from None
+        except OSError as exc:  # a bad --out, found before any work: a usage error (exit 2), not a write fault
+            raise StoreError(describe(self.root, exc)) from None
         self.clean_stale()
 
     def clean_stale(self) -> list[Path]:

@@ -22,7 +22,7 @@ import torch
 from msabench import outputs, runner
 from msabench.cli import main
 from msabench.outputs import WriteFailed, atomic_write_text, clean_stale_temps, temp_path
-from msabench.store import ResultsStore, StoreWriteFailed
+from msabench.store import ResultsStore, StoreError, StoreWriteFailed
 
 # random-missing: missing ratio 0.0, 0.1, ..., 1.0; MOSI-style regression metrics (MMSA); test + valid splits
 CONDITIONS = 11
@@ -268,18 +268,19 @@ def test_unwritable_directory(tmp_path, capsys):
     try:
         if os.access(out, os.W_OK):
             pytest.skip("running as root (or with CAP_DAC_OVERRIDE): chmod does not stop writes here")
-        assert main(run_args(out / "r", "1111")) == 1
+        assert main(run_args(out / "r", "1111")) == 2  # found before any training: a usage error
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"msabench: error: cannot write {out / 'r'}: Permission denied (EACCES)")
     finally:
         out.chmod(0o700)
 
 
-def test_store_write_failed_is_a_store_error(tmp_path):
+def test_unusable_out_is_found_first_and_named(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    with pytest.raises(StoreWriteFailed, match="--out"):
+    with pytest.raises(StoreError, match=f"cannot write {blocker / 'out'}: Not a directory \\(ENOTDIR\\); .*--out"):
         ResultsStore(blocker / "out").ensure_writable()
+    assert issubclass(StoreWriteFailed, StoreError) and issubclass(StoreWriteFailed, WriteFailed)
     assert temp_path(tmp_path / "f.csv").name.startswith(".f.csv.tmp-")
     atomic_write_text(tmp_path / "f.csv", "a\n")
     assert (tmp_path / "f.csv").read_text() == "a\n"
