@@ -96,8 +96,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object], flag:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, flag: str = "--out") -> Path:
-    """:func:`atomic_write` of a text file."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text), flag)
+    """:func:`atomic_write` of a UTF-8 text file."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), flag)
 
 
 def pid_alive(pid: int) -> bool:

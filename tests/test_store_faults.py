@@ -396,3 +396,25 @@ def test_ctrl_c_swallowed_by_a_destructor_still_stops_the_grid(tmp_path, monkeyp
                                     f"this grid are stored); rerunning the same command continues")
     assert calls == [1111] and len(ResultsStore(out).keys()) == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_report_fails_in_one_line_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs"
+    assert main(run_args(out, "1111")) == 0
+    site = tmp_path / "site"
+    site.mkdir()
+    stale = site / f".index.html.tmp-{outputs.host_tag()}-{dead_pid()}"
+    stale.write_text("half")
+    real_write_text = Path.write_text
+
+    def full_at_index(p, *a, **k):
+        if ".index.html" in p.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write_text(p, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", full_at_index)
+    assert main(["report", str(out), "--out", str(site), "--reported", ""]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"msabench: error: cannot write {site / 'index.html'}: No space left on device (ENOSPC); "
+                   f"free space on that file system or choose another --out")
+    assert not stale.exists() and not (site / "index.html").exists() and temporaries(site) == []
