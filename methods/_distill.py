@@ -59,12 +59,15 @@ def complete_data_teacher(method: TorchMethod, train: Split, valid: Split, sched
     curve = method.train_model(teacher, train, valid, schedule.complete(), teacher_context, stage="teacher")
     method.teacher_source_ = "trained"
     if path is not None:
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            torch.save({"model": teacher.state_dict(), "curve": curve}, partial)
+            with open(partial, "wb") as fh:  # through a Python file: a full disk raises OSError
+                torch.save({"model": teacher.state_dict(), "curve": curve}, fh)
             os.replace(partial, path)  # atomic: a killed run leaves no half-written teacher
-        except OSError as exc:  # e.g. a Dask worker that cannot write the client's OUT: just do not cache
+        except OSError as exc:  # e.g. a full disk, or a Dask worker that cannot write OUT: just do not cache
+            if partial.is_file():
+                partial.unlink()
             log.warning("%s: cannot cache the teacher in %s (%s)", name, path.parent, exc)
     return teacher
 

@@ -280,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from msabench.data.base import DataError
     from msabench.leaderboard import LeaderboardError
+    from msabench.outputs import WRITE_ERRNOS, WriteFailed, describe
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
     from msabench.reproduce import ReproduceError
@@ -292,12 +293,24 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except WriteFailed as exc:  # any command: full disk, no permission, read-only, quota; nothing half-written kept
+        print(f"msabench: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:  # Ctrl-C: what was finished is kept (a grid says how much)
+        print(f"msabench: {exc or 'interrupted; finished work is kept and rerunning the same command continues'}",
+              file=sys.stderr)
+        return 130
     except (CLIError, RunError, RegistryError, ParameterError, DataError, StoreError, LeaderboardError,
             ReproduceError, FileNotFoundError) as exc:
         print(f"msabench: error: {exc}", file=sys.stderr)
         return 2
     except RunFailed as exc:  # some runs raised at run time; the others were stored
         print(f"msabench: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a command writing without msabench.outputs: still one line for a full disk etc.
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"msabench: error: {describe(None, exc, verb='use')}", file=sys.stderr)
         return 1
 
 

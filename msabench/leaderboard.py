@@ -539,8 +539,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     for note in board.notes:
         log.warning(note)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        from msabench.outputs import atomic_write_text, clean_stale_temps
+
+        clean_stale_temps(Path(args.out).parent)
+        atomic_write_text(args.out, text)
         log.info("wrote %s", args.out)
     else:
         sys.stdout.write(text)

@@ -240,14 +240,21 @@ def make_all_figures(paths: list[str | Path], metric: str | None = None, split: 
 
 
 def save_figures(figures: dict[str, Any], out: str | Path, formats: Iterable[str] = ("png", "svg")) -> list[Path]:
-    """Write every figure in every format to ``out``; returns the written paths."""
+    """Write every figure in every format to ``out`` (each file atomically); returns the written paths.
+
+    A failed write raises :class:`msabench.outputs.WriteFailed`; temporaries of ended processes in ``out`` go first.
+    """
+    from msabench.outputs import atomic_write, clean_stale_temps, writing
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out)
     written = []
     for stem, fig in figures.items():
         for fmt in formats:
             path = out / f"{stem}.{fmt}"
-            fig.savefig(path, dpi=150, format=fmt)
+            atomic_write(path, lambda tmp, fig=fig, fmt=fmt: fig.savefig(tmp, dpi=150, format=fmt))
             written.append(path)
     return written
 

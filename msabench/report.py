@@ -202,8 +202,12 @@ def build_site(paths: list[str | Path], out: str | Path, reported: list[str] | N
     """
     from msabench.reported import available_reported
 
+    from msabench.outputs import atomic_write_text, clean_stale_temps, writing
+
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out, recursive=True)  # temporaries of an earlier, killed report
     if reported is None:
         reported = available_reported()
     env = _environment()
@@ -218,17 +222,17 @@ def build_site(paths: list[str | Path], out: str | Path, reported: list[str] | N
     common = {"studies": studies, "cards": sorted(cards), "regenerate": regenerate}
     for study in studies:
         page = out / f"{study['slug']}.html"
-        page.write_text(env.get_template("study.html").render(study=study, root="", **common), encoding="utf-8")
+        atomic_write_text(page, env.get_template("study.html").render(study=study, root="", **common))
         pages.append(page)
-    (out / "methods").mkdir(exist_ok=True)
+    with writing(out / "methods"):
+        (out / "methods").mkdir(exist_ok=True)
     for name, card in sorted(cards.items()):
         page = out / "methods" / f"{name}.html"
         html = render_markdown(card.read_text(encoding="utf-8"))
-        page.write_text(env.get_template("method.html").render(name=name, body=html, root="../", **common),
-                        encoding="utf-8")
+        atomic_write_text(page, env.get_template("method.html").render(name=name, body=html, root="../", **common))
         pages.append(page)
     index = out / "index.html"
-    index.write_text(env.get_template("index.html").render(root="", **common), encoding="utf-8")
+    atomic_write_text(index, env.get_template("index.html").render(root="", **common))
     return [index] + pages
 
 

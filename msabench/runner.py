@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import subprocess
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -30,9 +31,11 @@ from tqdm.auto import tqdm
 import msabench
 from msabench.data.base import MultimodalDataset
 from msabench.hardware import hardware_provenance
+from msabench.interrupts import children_ignore_sigint, ignore_sigint, sigint_noted, stop_when
 from msabench.masks import derive_seed, mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
+from msabench.outputs import WriteFailed
 from msabench.params import param_defaults, params_hash, resolve_params
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
@@ -369,6 +372,10 @@ def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
 def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None) -> RunRecord:
     """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes."""
     torch.set_num_threads(options.threads or 1)
+    from tqdm.std import tqdm as std_tqdm
+
+    if not hasattr(std_tqdm, "_lock"):  # a thread lock, not a semaphore that a stopped worker would leak
+        std_tqdm.set_lock(threading.RLock())
     dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
     return execute_run(spec, options, dataset)
 
@@ -391,6 +398,10 @@ class RunRequest:
 
 class RunFailed(RuntimeError):
     """Some runs of a grid raised; the others were stored. Rerunning the same command retries the failed ones."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a grid; finished runs are stored. ``str()`` says how many and that a rerun continues."""
 
 
 REBUILD_EVERY_S = 10.0  # results.csv is rewritten at most this often during a grid, and always at its end
@@ -497,27 +508,58 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     failed: list[tuple[RunSpec, BaseException]] = []
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not options.progress or not todo)
     last_rebuild = time.monotonic()
+    outcomes = _execute_all(todo, options, datasets, workers, scheduler)
     try:
-        for spec, record, error in _execute_all(todo, options, datasets, workers, scheduler):
-            if error is not None:
-                log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
-                          type(error).__name__, error, exc_info=error)
-                failed.append((spec, error))
-            else:
-                store.save(record)
-                if time.monotonic() - last_rebuild >= REBUILD_EVERY_S:
-                    store.rebuild_results()
-                    last_rebuild = time.monotonic()
-                bar.set_postfix_str(f"{spec.method} seed {spec.seed} done", refresh=False)
-            bar.update(1)
-    finally:
+        with sigint_noted() as pressed:
+            for spec, record, error in stop_when(outcomes, pressed):
+                if error is not None:
+                    log.error("run %s (%s, seed %d) failed: %s: %s", spec.key, spec.method, spec.seed,
+                              type(error).__name__, error, exc_info=error)
+                    failed.append((spec, error))
+                else:
+                    store.save(record)
+                    if time.monotonic() - last_rebuild >= REBUILD_EVERY_S:
+                        store.rebuild_results()
+                        last_rebuild = time.monotonic()
+                    bar.set_postfix_str(f"{spec.method} seed {spec.seed} done", refresh=False)
+                bar.update(1)
+    except BaseException as exc:  # stop the workers, keep what finished, say how far the grid got
+        outcomes.close()
         bar.close()
+        _rebuild_after_failure(store)
+        kept = _kept_note(store, specs, len(specs) - len(todo), out)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(f"interrupted: {kept}; rerunning the same command continues") from None
+        if isinstance(exc, WriteFailed):
+            exc.note = f"{kept[0].upper()}{kept[1:]}; rerun the same command once it is fixed"
+        raise
+    bar.close()
+    try:
         rows = store.rebuild_results()
+    except WriteFailed as exc:
+        exc.note = f"All {len(specs)} runs are stored in {Path(out) / 'runs'}; rerunning the same command rebuilds it"
+        raise
     if failed:
         names = "; ".join(f"{s.method} seed {s.seed} ({type(e).__name__}: {e})" for s, e in failed[:5])
         raise RunFailed(f"{len(failed)} of {len(todo)} runs failed: {names}. The others are stored in {out}; "
                         f"rerun the same command to retry the failed runs")
     return rows
+
+
+def _rebuild_after_failure(store: ResultsStore) -> None:
+    """Bring results.csv up to date with runs/ if possible; a rerun rebuilds it anyway, so a failure is quiet."""
+    try:
+        store.rebuild_results()
+    except (OSError, KeyboardInterrupt) as exc:
+        log.debug("results.csv not rebuilt: %s", exc)
+
+
+def _kept_note(store: ResultsStore, specs: list[RunSpec], before: int, out: str | os.PathLike) -> str:
+    """``3 runs finished and were kept in OUT (5 of 8 runs of this grid are stored)``."""
+    stored = len(store.keys() & {s.key for s in specs})
+    new = max(stored - before, 0)
+    return (f"{new} run{'s' if new != 1 else ''} finished and {'were' if new != 1 else 'was'} kept in {out} "
+            f"({stored} of {len(specs)} runs of this grid are stored)")
 
 
 Outcome = tuple[RunSpec, "RunRecord | None", "BaseException | None"]
@@ -550,7 +592,9 @@ def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> It
     import multiprocessing
 
     worker_opts = _worker_options(options)
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=ignore_sigint)
+    completed = False
     try:
         futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset)): s
                    for s in todo}
@@ -559,7 +603,11 @@ def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> It
                 yield futures[fut], fut.result(), None
             except Exception as exc:  # noqa: BLE001
                 yield futures[fut], None, exc
+        completed = True
     finally:
+        if not completed:  # Ctrl-C, or the caller stopped (a store write failed): end the running runs now
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -577,8 +625,9 @@ def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> 
     cluster = None
     try:
         if kind == "local":
-            cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+            with children_ignore_sigint():
+                cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
             client = Client(cluster)
         else:
             client = Client(str(target), timeout="20s")

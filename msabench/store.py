@@ -11,14 +11,15 @@ Layout under ``DIR``::
 A run is stored by writing a hidden temporary directory and renaming it into place, so a killed process
 (even ``kill -9``) leaves either the whole run or nothing. A run directory counts only once its ``run.json``
 exists (written last). Everything downstream reads only this store; ``runs/`` is the source of truth and
-``results.csv`` can always be rebuilt from it.
+``results.csv`` can always be rebuilt from it. A failed write (full disk, no permission, ...) raises
+:class:`StoreWriteFailed` and leaves no temporary behind; temporaries of ended processes are removed by
+:meth:`ResultsStore.ensure_writable`, which every command writing a store calls first.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,12 @@ from typing import Any
 
 import pandas as pd
 
+from msabench.interrupts import sigint_deferred
+from msabench.outputs import WriteFailed, atomic_write, clean_stale_temps, describe, host_tag, pid_alive, writing
+
+__all__ = ["ResultsStore", "RunRecord", "StoreError", "StoreWriteFailed", "pid_alive", "read_rows",
+           "read_rows_csv"]
+
 # a temporary run directory is named .tmp-<key>-<host>-<pid>-<random>; one whose writer is gone is cleaned up
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 24 * 3600  # tmp dirs of another host are removed only after this long
@@ -34,6 +41,10 @@ STALE_TMP_SECONDS = 24 * 3600  # tmp dirs of another host are removed only after
 
 class StoreError(OSError):
     """The output directory cannot be used."""
+
+
+class StoreWriteFailed(WriteFailed, StoreError):
+    """Writing into the store failed (no space, no permission, ...); nothing half-written counts as stored."""
 
 
 @dataclass
@@ -49,20 +60,7 @@ class RunRecord:
 
 
 def _host() -> str:
-    return socket.gethostname().replace("-", "_") or "host"
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host (a reused id counts as alive: the safe side)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host_tag()
 
 
 def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
@@ -78,6 +76,14 @@ def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
     except OSError:
         return False
     return age > STALE_TMP_SECONDS
+
+
+def _torch_save(state: Any, path: Path) -> None:
+    """``torch.save`` through a Python file, so that a full disk raises ``OSError`` (not a RuntimeError)."""
+    import torch
+
+    with open(path, "wb") as fh:
+        torch.save(state, fh)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -107,15 +113,14 @@ class ResultsStore:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=self.runs_dir, prefix=".probe-"):
                 pass
-        except OSError as exc:
-            raise StoreError(
-                f"cannot write results to {self.root}: {exc.strerror or exc}. Choose another directory with --out"
-            ) from None
+        except OSError as exc:  # a bad --out, found before any work: a usage error (exit 2), not a write fault
+            raise StoreError(describe(self.root, exc)) from None
         self.clean_stale()
 
     def clean_stale(self) -> list[Path]:
-        """Remove temporary run directories left by killed processes; returns what was removed."""
-        removed = []
+        """Remove temporaries left by ended processes (run directories, ``results.csv`` and cache files);
+        returns what was removed."""
+        removed = clean_stale_temps(self.root) + clean_stale_temps(self.root / "cache", recursive=True)
         if not self.runs_dir.exists():
             return removed
         for tmp in self.runs_dir.glob(TMP_PREFIX + "*"):
@@ -135,37 +140,54 @@ class ResultsStore:
         return {p.name for p in self.runs_dir.iterdir() if not p.name.startswith(".") and (p / "run.json").exists()}
 
     def save(self, record: RunRecord) -> bool:
-        """Store a finished run atomically; False if a run with this key was already there."""
+        """Store a finished run atomically; False if a run with this key was already there.
+
+        A failed write raises :class:`StoreWriteFailed` naming the file; the temporary directory is removed
+        then, so the run is either wholly stored or absent. Ctrl-C waits until the run is stored.
+        """
+        with sigint_deferred():  # a Ctrl-C during these few writes takes effect once the run is stored
+            return self._save(record)
+
+    def _save(self, record: RunRecord) -> bool:
         final = self.runs_dir / record.key
         if self.has(record.key):
             return False
-        self.runs_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{record.key}-{_host()}-{os.getpid()}-", dir=self.runs_dir))
+        with writing(self.runs_dir, error=StoreWriteFailed):
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{record.key}-{_host()}-{os.getpid()}-",
+                                        dir=self.runs_dir))
         try:
-            record.rows.to_csv(tmp / "rows.csv", index=False)
-            if record.predictions is not None:
-                record.predictions.to_csv(tmp / "predictions.csv", index=False)
-            if record.model_state is not None:
-                import torch
-
-                torch.save(record.model_state, tmp / "model.pt")
-            for name, data in record.extra_files.items():
-                (tmp / name).write_bytes(data)
-            (tmp / "run.json").write_text(json.dumps(record.info, indent=2, default=str))  # last: marks completeness
-            for path in tmp.iterdir():
-                with open(path, "rb") as fh:
-                    os.fsync(fh.fileno())
-            _fsync_dir(tmp)
-            if final.exists():  # a directory without run.json is not a run (never written by save); replace it
-                shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
-        except OSError:
+            for name, write in self._run_files(record):
+                with writing(final / name, error=StoreWriteFailed):
+                    write(tmp / name)
+            with writing(final, error=StoreWriteFailed):
+                for path in tmp.iterdir():
+                    with open(path, "rb") as fh:
+                        os.fsync(fh.fileno())
+                _fsync_dir(tmp)
+                if final.exists():  # a directory without run.json is not a run (never written by save); replace it
+                    shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            if self.has(record.key):  # another process stored the same run first
+            if isinstance(exc, OSError) and self.has(record.key):  # another process stored the same run first
                 return False
             raise
         _fsync_dir(self.runs_dir)
         return True
+
+    @staticmethod
+    def _run_files(record: RunRecord) -> list[tuple[str, Any]]:
+        """(file name, writer of that file) of a run, in writing order; ``run.json`` last (marks completeness)."""
+        files: list[tuple[str, Any]] = [("rows.csv", lambda p: record.rows.to_csv(p, index=False))]
+        if record.predictions is not None:
+            files.append(("predictions.csv", lambda p: record.predictions.to_csv(p, index=False)))
+        if record.model_state is not None:
+            files.append(("model.pt", lambda p: _torch_save(record.model_state, p)))
+        for name, data in record.extra_files.items():
+            files.append((name, lambda p, data=data: p.write_bytes(data)))
+        files.append(("run.json", lambda p: p.write_text(json.dumps(record.info, indent=2, default=str))))
+        return files
 
     def rows(self) -> pd.DataFrame:
         """All stored rows (from the per-run files, the source of truth); each run's file is read once."""
@@ -193,20 +215,18 @@ class ResultsStore:
     def rebuild_results(self) -> pd.DataFrame:
         """Rewrite ``results.csv`` (and ``results.parquet``) from the per-run files, atomically."""
         rows = self.rows()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".results-{os.getpid()}.csv"
-        rows.to_csv(tmp, index=False)
-        os.replace(tmp, self.root / "results.csv")
+        atomic_write(self.root / "results.csv", lambda tmp: rows.to_csv(tmp, index=False), error=StoreWriteFailed)
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             return rows
         if rows.empty:
-            (self.root / "results.parquet").unlink(missing_ok=True)
+            with writing(self.root / "results.parquet", error=StoreWriteFailed):
+                (self.root / "results.parquet").unlink(missing_ok=True)
         else:
-            tmp_pq = self.root / f".results-{os.getpid()}.parquet"
-            rows.astype({c: str for c in rows.columns if rows[c].dtype == object}).to_parquet(tmp_pq, index=False)
-            os.replace(tmp_pq, self.root / "results.parquet")
+            text = rows.astype({c: str for c in rows.columns if rows[c].dtype == object})
+            atomic_write(self.root / "results.parquet", lambda tmp: text.to_parquet(tmp, index=False),
+                         error=StoreWriteFailed)
         return rows
 
 

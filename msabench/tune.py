@@ -34,6 +34,7 @@ import pandas as pd
 from msabench.masks import derive_seed
 from msabench.params import ParameterError
 from msabench.registry import RegistryError
+from msabench.outputs import atomic_write_text, clean_stale_temps, writing
 from msabench.store import pid_alive
 from msabench.runner import (
     ExecOptions,
@@ -115,7 +116,8 @@ def storage_url(storage: str | None, out: str | os.PathLike) -> str:
     if storage:
         return storage
     path = Path(out).resolve() / "optuna.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{path}"
 
 
@@ -599,11 +601,7 @@ def write_config(config: dict[str, Any], path: Path, result: TuneResult) -> Path
               f"({result.complete} complete, {result.pruned} pruned, {result.failed} failed trials)\n"
               f"# tuned: {', '.join(result.tuned) or '(nothing)'}\n"
               f"# use: msabench run --config {path.name}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, header + yaml.safe_dump(config, sort_keys=False))
 
 
 def final_evaluation(config: dict[str, Any], seeds: list[int], out: str, options: ExecOptions) -> pd.DataFrame:
@@ -662,6 +660,7 @@ def tune(request: TuneRequest, options: ExecOptions | None = None, progress: boo
         import torch
 
         torch.set_num_threads(options.threads)
+    clean_stale_temps(request.out)  # best.yaml temporaries of ended processes
     url = storage_url(request.storage, request.out)
     storage = make_storage(url)
     results = []
