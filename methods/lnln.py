@@ -15,7 +15,6 @@ import dataclasses
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -23,7 +22,8 @@ from torch.nn import functional as F
 from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.method import FitContext
 from msabench.protocol import TrainingSchedule
-from msabench.training import Batch, TorchMethod
+from msabench.methods._complete import CompleteFeatures
+from msabench.training import Batch
 
 
 # gradient reversal -------------------------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ class _RateTracker:
         return getattr(self.schedule, name)
 
 
-class LNLN(TorchMethod):
+class LNLN(CompleteFeatures):
     name = "lnln"
     description = "LNLN (NeurIPS 2024): language-dominated noise-resistant learning with completeness check"
     tasks = frozenset({"regression"})
@@ -277,16 +277,12 @@ class LNLN(TorchMethod):
     def fit(self, train: Split, valid: Split, schedule: TrainingSchedule, context: FitContext) -> "LNLN":
         self._begin_fit(train, context)
         self.model_ = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
-        complete = self.prepare(train).features  # the complete (unmasked) train sequences, for the targets
+        self.begin_complete(train)  # the complete (unmasked) train sequences, for the targets
         n_epochs = context.epochs or self.epochs
         outer = context.on_epoch
 
         def forward(model: nn.Module, batch: Batch) -> Any:
-            if not model.training:
-                return model(batch)
-            full = {m: x.index_select(0, batch.index) for m, x in complete.items()
-                    if x.shape[-1] == batch.features[m].shape[-1]}  # text through an encoder: no complete target
-            return model(batch, full)
+            return model(batch, self.complete_rows(batch)) if model.training else model(batch)
 
         def on_epoch(epoch: int, train_loss: float, score: float) -> None:
             self._scheduler.step()
@@ -297,6 +293,7 @@ class LNLN(TorchMethod):
         ctx = dataclasses.replace(context, on_epoch=on_epoch)
         self.train_model(self.model_, train, valid, _RateTracker(schedule, self), ctx, forward=forward)
         del self._scheduler, self._rates
+        self.end_complete()
         return self
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -322,7 +319,3 @@ class LNLN(TorchMethod):
             total = total + self.gamma * F.mse_loss(rec.float(), target.float())
         return total
 
-
-def completeness_target(rates: np.ndarray) -> np.ndarray:
-    """What the completeness check is trained towards: 1 - the sampled language missing rate."""
-    return 1.0 - np.asarray(rates, dtype=float)

@@ -22,7 +22,8 @@ from msabench.masks import derive_rng, restrict_to_padding
 from msabench.method import FitContext
 from msabench.methods._crossmodal import CrossmodalTransformer, attention_allowed
 from msabench.protocol import TrainingSchedule
-from msabench.training import Batch, TorchMethod, task_loss
+from msabench.methods._complete import CompleteFeatures
+from msabench.training import Batch, task_loss
 
 MODS = ("l", "a", "v")
 
@@ -155,7 +156,7 @@ class _TrainingMasks:
         return getattr(self.schedule, name)
 
 
-class TFRNet(TorchMethod):
+class TFRNet(CompleteFeatures):
     name = "tfr-net"
     description = "TFR-Net (ACM MM 2021): Transformer-based feature reconstruction of missing frames"
 
@@ -218,7 +219,7 @@ class TFRNet(TorchMethod):
             c = float(self.grad_clip_value)
             for p in self.model_.parameters():  # clip_grad_value_ (MMSA) on every parameter's gradient
                 p.register_hook(lambda g: g.clamp(-c, c))
-        self._complete = self.prepare(train).features
+        self.begin_complete(train)
         self._epoch = 0
         outer = context.on_epoch
 
@@ -229,7 +230,8 @@ class TFRNet(TorchMethod):
 
         masks = _TrainingMasks(schedule, self, self.train_missing_rate, context.seed)
         self.train_model(self.model_, train, valid, masks, dataclasses.replace(context, on_epoch=on_epoch))
-        del self._complete, self._plateau
+        del self._plateau
+        self.end_complete()
         return self
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -245,10 +247,11 @@ class TFRNet(TorchMethod):
         if self._epoch < 1:  # MMSA: epoch 1 trains the prediction loss only
             return total
         weights = {"l": self.rec_weight_l, "a": self.rec_weight_a, "v": self.rec_weight_v}
+        complete = self.complete_rows(batch)  # text through an encoder: no complete target, left out
         for m, rec in output["rec"].items():
-            target = self._complete[m].index_select(0, batch.index)
-            if target.shape != rec.shape:  # text through an encoder: no complete target in the batch
+            if m not in complete:
                 continue
+            target = complete[m]
             exists = torch.arange(rec.shape[1], device=rec.device)[None, :] < batch.lengths[m][:, None]
             missing = exists & ~batch.mask[m]
             total = total + weights[m] * reconstruction_loss(rec.float(), target.float(), missing, self.sim_weight)

@@ -127,3 +127,20 @@ def test_dataset_defaults_per_dataset():
 def test_registered_and_check_method():
     assert METHODS.get("lnln") is LNLN
     check_method(LNLN, {"epochs": 2, "d": 16, "heads": 2, "dim_head": 8, "n_tokens": 2})
+
+
+def test_complete_rows_are_the_unmasked_train_rows_and_skip_other_widths():
+    split = _split(5, 4)
+    method = LNLN(standardize=False)
+    method.device_, method.scaler_ = torch.device("cpu"), None
+    method.begin_complete(split)
+    assert method.prepare(split) is method.prepare(split)  # the training loop shares the one prepared split
+    idx = torch.tensor([3, 1])
+    # text as a 7-wide encoder state (another width than the 3-wide features): left out
+    batch = Batch({"l": torch.zeros(2, 4, 7), "a": torch.zeros(2, 4, 2), "v": torch.zeros(2, 4, 4)}, {}, {},
+                  torch.zeros(2), idx)
+    rows = method.complete_rows(batch)
+    assert sorted(rows) == ["a", "v"]
+    assert torch.equal(rows["a"], split.features["a"][[3, 1]]) and torch.equal(rows["v"], split.features["v"][[3, 1]])
+    method.end_complete()
+    assert method.prepare(split) is not method.prepare(split)

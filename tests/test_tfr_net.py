@@ -1,6 +1,8 @@
 """TFR-Net: the defining parts on hand-sized inputs, against values computed independently."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -72,10 +74,11 @@ def test_cgate_max_pool_and_gate_by_hand():
 def test_epoch_schedule_and_weights_in_the_loss():
     method = TFRNet(rec_weight_l=2.0, rec_weight_a=0.0, rec_weight_v=0.0, sim_weight=0.0)
     target = torch.zeros(3, 4, 2)
-    method._complete = {"l": target}
+    method._complete_cache = (None, SimpleNamespace(features={"l": target}))
     rec = torch.ones(1, 4, 2)  # reconstruction of sample 2 (batch of one)
     mask = torch.tensor([[True, False, True, True]])  # frame 1 dropped; length 3, so frame 3 is padding
-    batch = Batch({}, {"l": mask}, {"l": torch.tensor([3])}, torch.tensor([0.5]), torch.tensor([2]))
+    batch = Batch({"l": torch.zeros(1, 4, 2)}, {"l": mask}, {"l": torch.tensor([3])}, torch.tensor([0.5]),
+                  torch.tensor([2]))
     out = {"pred": torch.tensor([1.5]), "rec": {"l": rec}}
     method._epoch = 0
     assert float(method.loss(out, batch, REGRESSION_MOSI)) == pytest.approx(1.0)  # L1 only in the first epoch
