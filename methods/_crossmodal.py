@@ -95,18 +95,22 @@ class CrossmodalLayer(nn.Module):
 
 
 class CrossmodalTransformer(nn.Module):
-    """Scaled embedding + sinusoidal positions + embedding dropout, ``layers`` layers, a final LayerNorm."""
+    """Scaled embedding + sinusoidal positions (unless ``positions`` is False) + embedding dropout, ``layers``
+    layers, a final LayerNorm."""
 
     def __init__(self, d: int, heads: int, layers: int, attn_dropout: float, relu_dropout: float,
-                 res_dropout: float, embed_dropout: float) -> None:
+                 res_dropout: float, embed_dropout: float, positions: bool = True) -> None:
         super().__init__()
         self.d = d
+        self.positions = positions
         self.layers = nn.ModuleList(
             CrossmodalLayer(d, heads, attn_dropout, relu_dropout, res_dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
         self.embed_dropout = nn.Dropout(embed_dropout)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.positions:
+            return self.embed_dropout(math.sqrt(self.d) * x)
         pos = sinusoidal_positions(x.shape[1], self.d, x.device).to(x.dtype)
         return self.embed_dropout(math.sqrt(self.d) * x + pos)
 

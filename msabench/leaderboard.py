@@ -531,11 +531,19 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     rows = read_rows(args.runs)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
+    layout = getattr(args, "layout", "protocol")
+    if layout == "lnln":
+        from msabench.layouts import lnln_metrics
+        metrics = metrics or lnln_metrics(rows)
     board = build_leaderboard(rows, metrics, split=args.split, reference=args.reference, baseline=args.baseline)
     if args.reported:
         from msabench.compare import attach_reported
         attach_reported(board, [n.strip() for n in args.reported.split(",") if n.strip()])
-    text = render(board, args.format, args.digits)
+    if layout == "lnln" and args.format == "md":
+        from msabench.layouts import lnln_table
+        text = lnln_table(board, min(args.digits, 2))
+    else:
+        text = render(board, args.format, args.digits)
     for note in board.notes:
         log.warning(note)
     if args.out:
@@ -563,6 +571,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "valid"], help="split (default test)")
     p.add_argument("--format", default="md", choices=["csv", "md", "latex"], help="output format (default md)")
     p.add_argument("--digits", type=int, default=4, help="decimals in md/latex (default 4)")
+    p.add_argument("--layout", default="protocol", choices=["protocol", "lnln"],
+                   help="protocol: a table per metric with the protocol's conditions (default); lnln: LNLN's Table 2, "
+                        "methods x the full metric set at the LNLN-Avg summary of random-missing (md; csv gives "
+                        "the tidy rows of those metrics)")
     p.add_argument("--out", help="write to FILE instead of standard output")
     p.add_argument("--reported", help="published table(s) to show beside the measured rows, comma-separated names "
                                       "(e.g. hrlf-2024-table1; see msabench/reported/) or YAML paths; marked ‡, "

@@ -66,6 +66,18 @@ def recipe_modality_proper(split: Split, rng_for: Callable[[str], np.random.Gene
             for i, m in enumerate(mods)}
 
 
+def frame_rates(split: Split, rng_for: Callable[[str], np.random.Generator]) -> dict[str, np.ndarray]:
+    """The per-sample drop rates :func:`recipe_frame` draws (0 for the complete half), from the same streams."""
+    n = len(split)
+    complete = rng_for("complete").random(n) < 0.5
+    rates = {}
+    for m in sorted(split.features):
+        rate = rng_for(m).random(n)  # the first n draws of the stream recipe_frame reads its rates from
+        rate[complete] = 0.0
+        rates[m] = rate
+    return rates
+
+
 TRAINING_RECIPES: dict[str, Callable[[Split, Callable[[str], np.random.Generator]], KeepPattern]] = {
     "complete": recipe_complete,
     "frame": recipe_frame,
@@ -94,6 +106,25 @@ class TrainingSchedule:
             self.split, lambda key: derive_rng("train", *self.identity, self.seed, epoch, key)
         )
         return restrict_to_padding(self.split, keep)
+
+    def rates(self, epoch: int) -> dict[str, np.ndarray] | None:
+        """Per modality the (N,) missing rate each training sample was drawn with in ``epoch`` (LNLN trains its
+        completeness check against 1 - this): 0 for ``complete``, 0/1 per whole modality for ``modality``, 1 where
+        ``frame+modality`` drops the whole modality; None for a recipe that draws no rates."""
+        rng_for = lambda prefix: (lambda key: derive_rng("train", *self.identity, self.seed, epoch, prefix + key))
+        n = len(self.split)
+        if self.recipe == "complete":
+            return {m: np.zeros(n) for m in self.split.features}
+        if self.recipe == "frame":
+            return frame_rates(self.split, rng_for(""))
+        if self.recipe == "modality":
+            keep = recipe_modality(self.split, rng_for(""))
+            return {m: 1.0 - k[:, 0].astype(float) for m, k in keep.items()}
+        if self.recipe == "frame+modality":
+            frame = frame_rates(self.split, rng_for("frame/"))
+            keep = recipe_modality(self.split, rng_for("modality/"))
+            return {m: np.where(keep[m][:, 0], frame[m], 1.0) for m in frame}
+        return None
 
     def with_recipe(self, recipe: str) -> "TrainingSchedule":
         """The same schedule drawing with another recipe (a teacher asks for ``complete``)."""

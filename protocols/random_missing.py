@@ -1,7 +1,9 @@
 """``random-missing`` (intra-modality): each present frame dropped independently with ratio r.
 
 Conditions r = 0.0, 0.1, ..., 1.0 (the CorrKD and TFR-Net curves), the same r for every modality; or, with
-``rates="l=0.3,a=0.5,v=0.5"``, one condition with a rate per modality.
+``rates="l=0.3,a=0.5,v=0.5"``, one condition with a rate per modality. Summaries: ``Mean`` over every rate and
+``LNLN-Avg`` over r = 0.0 ... 0.9, the average LNLN (Zhang et al., NeurIPS 2024, Table 2) and the papers that
+follow its protocol report (r = 1.0 excluded).
 """
 from __future__ import annotations
 
@@ -41,6 +43,12 @@ class RandomMissing(EvalProtocol):
         if self._rates:
             return [self.rates]
         return [f"{r:.1f}" for r in RATIOS]
+
+    def summaries(self) -> dict[str, list[str]]:
+        conds = self.conditions()
+        if self._rates:
+            return {"Mean": conds}
+        return {"LNLN-Avg": [c for c in conds if float(c) < 1.0], "Mean": conds}
 
     def rate_of(self, condition: str, modality: str) -> float:
         if self._rates:
