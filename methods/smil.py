@@ -185,7 +185,7 @@ class SMIL(TorchMethod):
         padding = prepared.split.padding_mask()
         gen = torch.Generator().manual_seed(derive_seed(seed, "smil-priors"))
         for m in net.modalities:
-            pooled = masked_mean(prepared.features[m], padding[m])[padding[m].any(dim=1)]
+            pooled = masked_mean(prepared.standardised(m), padding[m])[padding[m].any(dim=1)]
             if pooled.shape[0] == 0:
                 continue
             centres = kmeans(pooled, self.n_priors, gen)

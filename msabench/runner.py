@@ -33,6 +33,7 @@ from msabench.masks import derive_seed, mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
 from msabench.params import param_defaults, params_hash, resolve_params
+from msabench.placement import PLACEMENTS, choose_placement, dataset_bytes
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
 from msabench.registry import split_spec
@@ -91,6 +92,7 @@ class ExecOptions:
     threads: int | None = None  # torch CPU threads per run; None: unchanged in process, 1 in worker processes
     cache: bool = True  # run_grid gives methods OUT/cache for artefacts shared between runs (CorrKD's teacher)
     cache_dir: str | None = None  # set by run_grid from ``cache``; None: methods cache nothing
+    data_placement: str = "auto"  # auto, device or host: where training data lives (msabench.placement)
 
 
 # environment ------------------------------------------------------------------------------------------------------
@@ -209,6 +211,7 @@ def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
         aligned=dataset.aligned,
         dataset_fingerprint=dataset.fingerprint,
         cache_dir=options.cache_dir,
+        data_placement=choose_placement(options.data_placement, device, dataset_bytes(dataset)),
     )
     schedule = protocol.training_schedule(train, spec.seed, dataset.fingerprint)
     start = time.perf_counter()
@@ -283,8 +286,10 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
     started = datetime.now(timezone.utc)
     method, protocol, train_seconds = fit_method(spec, dataset, options)
     device = resolve_device(options.device)
+    placement = getattr(method, "data_placement_", "device")
     eval_start = time.perf_counter()
-    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions, device=device)
+    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions,
+                           device=None if placement == "host" else device)
     eval_seconds = time.perf_counter() - eval_start
     finished = datetime.now(timezone.utc)
     info = provenance(spec, dataset, protocol, device, started, finished, train_seconds)
@@ -293,6 +298,7 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
         "amp": bool(options.amp and device.type == "cuda"),
         "deterministic": options.deterministic,
         "torch_threads": torch.get_num_threads(),
+        "data_placement": placement,
         "hostname": platform.node(),
     })
     info["training_curve"] = method.training_curve()
@@ -479,6 +485,8 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
         raise RunError(f"--workers must be at least 1, got {workers}")
     if options.threads is not None and options.threads < 1:
         raise RunError(f"threads must be at least 1, got {options.threads}")
+    if options.data_placement not in PLACEMENTS:
+        raise RunError(f"--data-placement {options.data_placement!r}: use one of {', '.join(PLACEMENTS)}")
     if scheduler:
         parse_scheduler(scheduler)
     resolve_device(options.device)

@@ -1,8 +1,9 @@
 """TorchMethod: the common training loop, so a method file holds only its model and loss.
 
-Whole splits live on the device; features are standardised with train-split statistics; a batch is a gather of
-shuffled rows (training) or a slice view (evaluation) of those tensors, with the epoch's or condition's mask applied
-to just those rows in one vectorised step. Model selection uses the validation split under the protocol's fixed
+Whole splits live on the device (or, under the ``host`` placement, stay on the host and move a batch at a time); a
+batch is a gather of shuffled rows (training) or a slice view (evaluation) of the raw features, standardised with the
+train-split statistics and masked with the epoch's or condition's mask in one pass over just those rows (no
+standardised copy of a split exists). Model selection uses the validation split under the protocol's fixed
 validation masks, each applied to the split once per fit; the best state is restored.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from msabench.data.base import Split, Task
+from msabench.data.base import Split, Task, row_chunks
 from msabench.masks import Mask, apply_mask, apply_mask_bert, derive_seed
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics, selection_score
@@ -44,7 +45,13 @@ class Batch:
 
 @dataclass
 class PreparedSplit:
-    """A split on the device with standardised features, ready to be masked and sliced."""
+    """A split ready to be masked and sliced: its raw features where the data lives (the device, or the host under
+    the ``host`` placement) and the train-split scaler, applied to each batch's rows as they are taken.
+
+    No standardised copy of the split is made: ``((x - mean) / std) * padding`` is computed per batch, element by
+    element, which gives the same bits as standardising the whole split first (the old way). ``device`` is where
+    batches go; None: where the features are.
+    """
 
     split: Split
     features: dict[str, torch.Tensor]
@@ -52,12 +59,54 @@ class PreparedSplit:
     applied_mask: Mask | None = None
     # evaluation batches are masked into these, reused from batch to batch (see masked_batch)
     eval_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    # per modality (mean, std) on the batch device, folded into every batch; None: features are used as they are
+    scaler: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    device: torch.device | None = None
+    # page-locked staging buffers for host -> CUDA batch copies (host placement)
+    _staging: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def with_mask_applied(self, mask: Mask) -> "PreparedSplit":
         """This split with ``mask`` applied once to all of it, for a mask scored again and again (the validation
-        conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices."""
+        conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices. One new
+        standardised, masked copy of this split (in practice the validation split)."""
         mask = {m: x.to(self.features[m].device) for m, x in mask.items()}
-        return PreparedSplit(self.split, apply_mask(self.features, mask), applied_mask=mask)
+        if self.scaler is None:
+            feats = apply_mask(self.features, mask)
+        else:
+            feats = {m: self._standardise(m, x, x, mask[m], padding=self.split.padding_mask()[m], new=True)
+                     for m, x in self.features.items()}
+        return PreparedSplit(self.split, feats, applied_mask=mask, device=self.device)
+
+    def standardised(self, modality: str) -> torch.Tensor:
+        """One modality's whole standardised features (padding zero) as a new tensor, on the features' device."""
+        x = self.features[modality]
+        if self.scaler is None:
+            return x
+        return self._standardise(modality, x, x, None, padding=self.split.padding_mask()[modality], new=True)
+
+    def _standardise(self, modality: str, rows: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None,
+                     padding: torch.Tensor, new: bool = False) -> torch.Tensor:
+        """``((rows - mean) / std) * (padding & mask)`` into ``out`` (``new``: a new tensor). Same bits as the
+        old ``apply_scaler`` followed by ``apply_mask``: x * p * m == x * (p & m) for p, m in {0, 1}."""
+        mean, std = self.scaler[modality]
+        mean, std = mean.to(rows.device), std.to(rows.device)
+        keep = padding if mask is None else padding & mask.to(padding.device)
+        res = torch.sub(rows, mean) if new else torch.sub(rows, mean, out=out)
+        return res.div_(std).mul_(keep.to(device=rows.device, dtype=rows.dtype).unsqueeze(-1))
+
+    def _to_device(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows taken on the host moved to the batch device (host placement); through a page-locked staging
+        buffer on CUDA, copied synchronously so the buffer is free again when this returns."""
+        if self.device is None or rows.device == self.device:
+            return rows
+        if self.device.type != "cuda":
+            return rows.to(self.device)
+        buf = self._staging.get(modality)
+        if buf is None or buf.shape[0] < rows.shape[0] or buf.shape[1:] != rows.shape[1:] or buf.dtype != rows.dtype:
+            buf = self._staging[modality] = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        staged = buf[: rows.shape[0]]
+        staged.copy_(rows)
+        return staged.to(self.device, non_blocking=False)
 
     def masked_batch(self, mask: Mask | None, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
@@ -70,25 +119,40 @@ class PreparedSplit:
         """
         if mask is None and self.applied_mask is None:
             raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
-        batch_mask = {m: x[idx] for m, x in (self.applied_mask if mask is None else mask).items()}
+        s = self.split
+        dev = self.device if self.device is not None else s.labels.device
+        on_host = dev != s.labels.device  # host placement: rows are taken here, then moved
+        index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=dev)[idx]
+        if isinstance(idx, torch.Tensor) and idx.device != s.labels.device:
+            idx = idx.to(s.labels.device)
+        batch_mask = {m: x[idx].to(dev) for m, x in (self.applied_mask if mask is None else mask).items()}
         if mask is None:  # features are masked already: plain rows
-            feats = {m: x[idx] for m, x in self.features.items()}
-        elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
+            feats = {m: self._to_device(m, x[idx]) for m, x in self.features.items()}
+        elif self.scaler is not None:  # standardise the batch's rows and mask them, in one buffer per modality
+            feats = {}
+            for m, x in self.features.items():
+                rows = self._to_device(m, x[idx] if isinstance(idx, slice) else x.index_select(0, idx))
+                padding = torch.arange(rows.shape[1], device=dev)[None, :] < s.lengths[m][idx].to(dev)[:, None]
+                if isinstance(idx, slice) and not on_host:  # views of the split: write into a buffer
+                    out = self._buffer(m, rows) if reuse_buffers else None
+                    feats[m] = self._standardise(m, rows, out, batch_mask[m], padding, new=out is None)
+                else:  # gathered (or moved) copies: in place
+                    feats[m] = self._standardise(m, rows, rows, batch_mask[m], padding)
+        elif isinstance(idx, slice) and not on_host:  # views of the split: mask into new tensors (or the buffers)
             rows = {m: x[idx] for m, x in self.features.items()}
             feats = (apply_mask(rows, batch_mask, out={m: self._buffer(m, r) for m, r in rows.items()})
                      if reuse_buffers else apply_mask(rows, batch_mask))
-        else:  # rows are gathered copies: mask them in place (same values, one pass less)
-            rows = {m: x.index_select(0, idx) for m, x in self.features.items()}
+        else:  # rows are gathered (or moved) copies: mask them in place (same values, one pass less)
+            rows = {m: self._to_device(m, x[idx] if isinstance(idx, slice) else x.index_select(0, idx))
+                    for m, x in self.features.items()}
             feats = apply_mask(rows, batch_mask, out=rows)
         bert = self.split.text_bert
         if bert is not None:
-            bert = bert[idx]
+            bert = bert[idx].to(dev)
             if bert.shape[-1] == batch_mask["l"].shape[1]:
                 bert = apply_mask_bert(bert, batch_mask["l"])
-        s = self.split
-        index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
-        return Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
-                     labels=s.labels[idx], index=index, text_bert=bert)
+        return Batch(features=feats, mask=batch_mask, lengths={m: x[idx].to(dev) for m, x in s.lengths.items()},
+                     labels=s.labels[idx].to(dev), index=index, text_bert=bert)
 
     def _buffer(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
         """A tensor shaped like ``rows`` (a slice of one modality's features) in the reusable buffer."""
@@ -157,14 +221,21 @@ class TorchMethod(Method):
         self.device_ = torch.device(context.device)
         self.task_ = context.task
         self.amp_ = bool(context.amp and self.device_.type == "cuda")
-        self.scaler_ = fit_scaler(train.to(self.device_)) if self.standardize else None
+        # "device": whole splits moved to the device once; "host": they stay, batches move (see msabench.placement)
+        self.data_placement_ = getattr(context, "data_placement", "device")
+        on_host = self.data_placement_ == "host"
+        self.scaler_ = fit_scaler(train if on_host else train.to(self.device_)) if self.standardize else None
+        if self.scaler_ is not None and on_host:
+            self.scaler_ = {m: (mean.to(self.device_), std.to(self.device_)) for m, (mean, std) in self.scaler_.items()}
         self._prepared_cache = None
         self.curve_: list[dict[str, float]] = []
 
     def prepare(self, split: Split) -> PreparedSplit:
-        split = split.to(self.device_)
-        feats = split.features if self.scaler_ is None else apply_scaler(split, self.scaler_)
-        return PreparedSplit(split, feats)
+        """The split where the data lives (moved to the device once, or left on the host), with the scaler folded
+        into its batches: no standardised copy of the split is made."""
+        if getattr(self, "data_placement_", "device") != "host":
+            split = split.to(self.device_)
+        return PreparedSplit(split, split.features, scaler=self.scaler_, device=self.device_)
 
     def autocast(self):
         if not self.amp_:
@@ -314,11 +385,22 @@ class TorchMethod(Method):
 
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------
+SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
+
+
 def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per modality and feature dimension, mean and std over the existing (non-padding) train frames."""
+    """Per modality and feature dimension, mean and std over the existing (non-padding) train frames.
+
+    Up to :data:`SCALER_EXACT_BYTES` per modality with one split-sized temporary (the formula every published run
+    used, kept for bit-identical results); above it two passes over chunks of rows with float64 sums (one chunk-sized
+    temporary; equal to the float64 formula, not bit-identical to the float32 one).
+    """
     scaler = {}
     padding = train.padding_mask()
     for m, x in train.features.items():
+        if x.element_size() * x.nelement() > SCALER_EXACT_BYTES:
+            scaler[m] = _chunked_mean_std(x, padding[m])
+            continue
         w = padding[m].to(x.dtype).unsqueeze(-1)
         count = w.sum(dim=(0, 1)).clamp_min(1.0)
         work = torch.mul(x, w)  # one split-sized temporary, reused below (same values as x * w, (x - mean) ** 2 ...)
@@ -331,7 +413,23 @@ def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return scaler
 
 
+def _chunked_mean_std(x: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (std <= 1e-6 -> 1) over the frames where ``padding`` is True, a chunk of rows at a time."""
+    chunks = row_chunks(x)
+    count = padding.sum().to(torch.float64).clamp_min(1.0)
+    total = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
+    for sl in chunks:
+        total += (x[sl].to(torch.float64) * padding[sl].unsqueeze(-1)).sum(dim=(0, 1))
+    mean64 = total / count
+    sq = torch.zeros_like(total)
+    for sl in chunks:
+        sq += ((x[sl].to(torch.float64) - mean64).pow_(2) * padding[sl].unsqueeze(-1)).sum(dim=(0, 1))
+    std = (sq / count).sqrt().to(x.dtype)
+    return mean64.to(x.dtype), torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
 def apply_scaler(split: Split, scaler: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The whole split standardised, as new tensors (the reference formula; training folds it into batches)."""
     padding = split.padding_mask()
     out = {}
     for m, x in split.features.items():
