@@ -5,7 +5,8 @@ Not a timed test: a measurement, its output recorded in benchmarks/README.md. Tw
 * ``phases`` (default): one run in this process, the library called step by step (load, plan, fit, evaluate every
   condition, store), while a thread samples this process's RSS every few milliseconds; per phase the peak RSS, and
   the peak over the whole run against the target 1.3 x feature bytes + 1 GB.
-* ``cli``: the same run through ``msabench run`` in a subprocess, its peak RSS from ``getrusage(RUSAGE_CHILDREN)``.
+* ``cli``: the same run through ``msabench run`` in a subprocess, its peak RSS from ``getrusage(RUSAGE_CHILDREN)``
+  (the largest single process), and with ``--workers N`` the peak summed RSS and PSS of its process tree, sampled.
 
 ``--write-mmsa PATH`` first writes the synthetic set as an MMSA pickle (one array at a time, protocol 4, as MMSA's
 pickles are written), so that the run reads ``mmsa:PATH``; ``--load-only`` measures just the load.
@@ -160,15 +161,29 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
            "--seeds", ",".join(str(s) for s in range(1111, 1111 + args.grid)), "--device", args.device]
     for item in args.dataset_option or []:
         cmd += ["--dataset-option", item]
+    if args.workers > 1:
+        cmd += ["--workers", str(args.workers)]
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        subprocess.run(cmd + ["--out", tmp], check=True)
+        proc = subprocess.Popen(cmd + ["--out", tmp])
+        tree_rss = tree_pss = 0
+        while proc.poll() is None:  # the process tree's memory: RSS counts shared pages once per process, PSS
+            try:  # splits them between the processes that map them (what the machine actually spends)
+                procs = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+                infos = [p.memory_full_info() for p in procs]
+                tree_rss = max(tree_rss, sum(i.rss for i in infos))
+                tree_pss = max(tree_pss, sum(i.pss for i in infos))
+            except psutil.Error:
+                pass
+            time.sleep(0.2)
+        if proc.returncode:
+            raise SystemExit(f"msabench run failed ({proc.returncode})")
         seconds = time.perf_counter() - start
         run_json = next(Path(tmp, "runs").glob("*/run.json"), None)
         placement = json.loads(run_json.read_text()).get("data_placement") if run_json else None
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
     return {"command": " ".join(cmd), "peak_mb": peak / MB, "seconds": round(seconds, 1),
-            "data_placement": placement}
+            "data_placement": placement, "tree_peak_rss_mb": tree_rss / MB, "tree_peak_pss_mb": tree_pss / MB}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
     p.add_argument("--grid", type=int, default=1, help="seeds run one after another in this process")
+    p.add_argument("--workers", type=int, default=1, help="cli mode: msabench run --workers N")
     p.add_argument("--write-mmsa", metavar="PATH", help="write the set as an MMSA pickle first and run on that")
     p.add_argument("--load-only", action="store_true", help="measure only the load")
     p.add_argument("--json", help="also write the result here")

@@ -370,10 +370,17 @@ def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None) -> RunRecord:
-    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes."""
+def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None,
+                       shared: str | None = None) -> RunRecord:
+    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes.
+    ``shared``: the parent's copy of the dataset (msabench.data.shared), mapped instead of loaded again."""
     torch.set_num_threads(options.threads or 1)
-    dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
+    if shared is not None:
+        from msabench.data.shared import load_shared_cached
+
+        dataset = load_shared_cached(shared)
+    else:
+        dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
     return execute_run(spec, options, dataset)
 
 
@@ -537,7 +544,7 @@ def _execute_all(todo: list[RunSpec], options: ExecOptions, datasets: dict[str, 
     if scheduler:
         yield from _execute_dask(todo, options, scheduler)
     elif workers > 1 and len(todo) > 1:
-        yield from _execute_pool(todo, options, workers)
+        yield from _execute_pool(todo, options, workers, datasets)
     else:
         for spec in todo:
             try:
@@ -552,13 +559,22 @@ def _worker_options(options: ExecOptions) -> ExecOptions:
     return ExecOptions(**{**asdict(options), "progress": False})
 
 
-def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> Iterable[Outcome]:
+def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int,
+                  datasets: dict[str, MultimodalDataset] | None = None) -> Iterable[Outcome]:
+    """Runs in local worker processes; the datasets this process loaded are written once to a temporary directory
+    and memory-mapped by every worker (one copy in the page cache instead of one per worker)."""
     import multiprocessing
+    import tempfile
+
+    from msabench.data.shared import save_shared
 
     worker_opts = _worker_options(options)
+    tmp = tempfile.TemporaryDirectory(prefix="msabench-shared-")
+    shared = {name: save_shared(ds, Path(tmp.name) / str(i)) for i, (name, ds) in enumerate((datasets or {}).items())}
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"))
     try:
-        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset)): s
+        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset),
+                               shared.get(s.dataset)): s
                    for s in todo}
         for fut in as_completed(futures):
             try:
@@ -567,6 +583,7 @@ def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> It
                 yield futures[fut], None, exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        tmp.cleanup()
 
 
 def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[Outcome]:

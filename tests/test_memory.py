@@ -3,6 +3,7 @@ one loaded copy per grid, the host/device placement choice and its record in run
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -175,3 +176,44 @@ def test_run_json_records_the_placement_and_host_gives_the_same_rows(tmp_path, m
 def test_unknown_placement_is_a_one_line_error(tmp_path):
     with pytest.raises(runner.RunError, match="--data-placement 'gpu'"):
         run_grid(_request(), out=tmp_path, options=ExecOptions(progress=False, data_placement="gpu"))
+
+
+def test_shared_copy_round_trips_and_workers_map_it_instead_of_loading(tmp_path, monkeypatch):
+    from msabench.data.base import fingerprint
+    from msabench.data.shared import load_shared, save_shared
+
+    ds = SyntheticSmall(seed=3).load()
+    path = save_shared(ds, tmp_path / "shared")
+    back = load_shared(path)
+    assert fingerprint(back) == ds.fingerprint == back.fingerprint  # recomputed from the mapped arrays
+    assert back.task == ds.task and back.aligned == ds.aligned and back.train.ids == ds.train.ids
+    maps = Path("/proc/self/maps")
+    if maps.exists():  # Linux: the features are pages of the file, not a private copy
+        ptr = back.train.features["l"].data_ptr()
+        mapped = [line for line in maps.read_text().splitlines() if line.endswith("train.features.l.npy")]
+        spans = [tuple(int(v, 16) for v in line.split()[0].split("-")) for line in mapped]
+        assert any(lo <= ptr < hi for lo, hi in spans)
+
+    def no_load(self):
+        raise AssertionError("the worker loaded the dataset again")
+
+    monkeypatch.setattr(SyntheticSmall, "load", no_load)
+    spec = runner.RunSpec("late-fusion", {"epochs": 1}, "synthetic-small", {"seed": 3}, ds.fingerprint,
+                          "modality-missing", {}, 1111)
+    record = runner._execute_in_worker(spec, ExecOptions(progress=False, threads=1), shared=path)
+    assert record.info["dataset_fingerprint"] == ds.fingerprint and not record.rows.empty
+
+
+def test_mmsa_audio_infs_are_zeroed_in_place_without_a_copy():
+    from msabench.data.mmsa import infs_to_zero, last_nonzero_lengths
+
+    x = np.ones((5, 4, 3), dtype=np.float32)
+    x[1, 2, 0], x[4, 0, 2] = np.inf, -np.inf
+    expected = np.where(np.isinf(x), 0.0, x)
+    copy = infs_to_zero(x)
+    assert copy is not x and np.isinf(x).sum() == 2 and np.array_equal(copy, expected)
+    same = infs_to_zero(x, in_place=True)
+    assert same is x and np.array_equal(x, expected)
+    x[2, 1:] = 0.0
+    x[3] = 0.0
+    assert last_nonzero_lengths(x).tolist() == [4, 4, 1, 0, 4]
