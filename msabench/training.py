@@ -23,6 +23,7 @@ from msabench.data.base import Split, Task, row_chunks
 from msabench.masks import Mask, apply_mask, apply_mask_bert, derive_seed
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics, selection_score
+from msabench.placement import split_bytes
 from msabench.protocol import TrainingSchedule
 
 log = logging.getLogger(__name__)
@@ -373,10 +374,17 @@ class TorchMethod(Method):
         return self.raw_outputs(self.model_, self.prepared(split), mask).cpu().numpy()
 
     def prepared(self, split: Split) -> PreparedSplit:
-        """:meth:`prepare`, cached for the last split seen (one split is predicted under many conditions)."""
+        """:meth:`prepare`, cached for the last split seen (one split is predicted under many conditions).
+
+        A split of at most :data:`EVAL_COPY_BYTES` is standardised once into a copy (each condition's batches then
+        only mask, as fast as before the scaler was folded into batches); a larger one is standardised per batch."""
         cache = getattr(self, "_prepared_cache", None)
         if cache is None or cache[0] is not split:
-            cache = (split, self.prepare(split))
+            prepared = self.prepare(split)
+            if prepared.scaler is not None and split_bytes(split) <= EVAL_COPY_BYTES:
+                prepared = PreparedSplit(prepared.split, apply_scaler(prepared.split, prepared.scaler),
+                                         device=prepared.device)
+            cache = (split, prepared)
             self._prepared_cache = cache
         return cache[1]
 
@@ -385,6 +393,7 @@ class TorchMethod(Method):
 
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------
+EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is standardised once up to this size
 SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 

@@ -217,3 +217,24 @@ def test_mmsa_audio_infs_are_zeroed_in_place_without_a_copy():
     x[2, 1:] = 0.0
     x[3] = 0.0
     assert last_nonzero_lengths(x).tolist() == [4, 4, 1, 0, 4]
+
+
+def test_evaluation_copy_below_the_budget_and_folded_above_give_the_same_predictions(monkeypatch):
+    from msabench.data.base import Task
+    from msabench.methods.late_fusion import LateFusion
+
+    ds = SyntheticSmall().load()
+    method = LateFusion(hidden=8)
+    method.device_, method.task_, method.amp_ = torch.device("cpu"), Task("regression", "mosi"), False
+    method.scaler_ = fit_scaler(ds.train)
+    torch.manual_seed(0)
+    method.model_ = method.build(ds.train.dims(), ds.train.seq_lens(), method.task_)
+    mask = {m: x & (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) > 0.5)
+            for m, x in ds.test.padding_mask().items()}
+    copied = method.predict(ds.test, mask)
+    assert method._prepared_cache[1].scaler is None  # standardised once into a copy
+    monkeypatch.setattr(training, "EVAL_COPY_BYTES", 0)
+    method._prepared_cache = None
+    folded = method.predict(ds.test, mask)
+    assert method._prepared_cache[1].scaler is not None  # folded into each batch
+    assert np.array_equal(copied, folded)
