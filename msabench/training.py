@@ -63,14 +63,20 @@ class PreparedSplit:
     # per modality (mean, std) on the batch device, folded into every batch; None: features are used as they are
     scaler: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     device: torch.device | None = None
+    # True: ``applied_mask`` is not applied to ``features`` yet; masked_batch(None, ...) applies it per batch
+    mask_pending: bool = False
     # page-locked staging buffers for host -> CUDA batch copies (host placement)
     _staging: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def with_mask_applied(self, mask: Mask) -> "PreparedSplit":
+    def with_mask_applied(self, mask: Mask, copy: bool = True) -> "PreparedSplit":
         """This split with ``mask`` applied once to all of it, for a mask scored again and again (the validation
         conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices. One new
-        standardised, masked copy of this split (in practice the validation split)."""
+        standardised, masked copy of this split (in practice the validation split). ``copy=False``: no copy, the
+        mask is applied to each batch instead (same values; for validation sets too large to copy per condition)."""
         mask = {m: x.to(self.features[m].device) for m, x in mask.items()}
+        if not copy:
+            return PreparedSplit(self.split, self.features, applied_mask=mask, scaler=self.scaler, device=self.device,
+                                 mask_pending=True)
         if self.scaler is None:
             feats = apply_mask(self.features, mask)
         else:
@@ -120,6 +126,8 @@ class PreparedSplit:
         """
         if mask is None and self.applied_mask is None:
             raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
+        if mask is None and self.mask_pending:
+            mask = self.applied_mask
         s = self.split
         dev = self.device if self.device is not None else s.labels.device
         on_host = dev != s.labels.device  # host placement: rows are taken here, then moved
@@ -260,7 +268,8 @@ class TorchMethod(Method):
         tr = self.prepare(train)
         va = self.prepare(valid)
         valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
-        valid_sets = {name: va.with_mask_applied(mask) for name, mask in valid_masks.items()}  # masked once
+        copy_valid = len(valid_masks) * split_bytes(va.split) <= VALID_COPY_BYTES  # else masked per batch (same values)
+        valid_sets = {name: va.with_mask_applied(mask, copy_valid) for name, mask in valid_masks.items()}  # masked once
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         optimizer = self.make_optimizer(params)
@@ -394,6 +403,7 @@ class TorchMethod(Method):
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------
 EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is standardised once up to this size
+VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all
 SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 

@@ -238,3 +238,44 @@ def test_evaluation_copy_below_the_budget_and_folded_above_give_the_same_predict
     folded = method.predict(ds.test, mask)
     assert method._prepared_cache[1].scaler is not None  # folded into each batch
     assert np.array_equal(copied, folded)
+
+
+def test_validation_without_copies_scores_the_same_batches(masked):
+    split, scaler, mask, expected = masked
+    prepared = PreparedSplit(split, split.features, scaler=scaler)
+    lazy = prepared.with_mask_applied(mask, copy=False)
+    assert lazy.features["l"] is split.features["l"]  # no copy made
+    for idx in (slice(0, 5), torch.tensor([8, 1, 1])):
+        batch = lazy.masked_batch(None, idx, reuse_buffers=isinstance(idx, slice))
+        for m in split.features:
+            assert np.array_equal(batch.features[m].numpy(), expected[m][idx.numpy() if not isinstance(idx, slice) else idx])
+            assert torch.equal(batch.mask[m], mask[m][idx])
+
+
+def test_validation_copies_only_below_the_budget(monkeypatch):
+    from msabench.protocol import TrainingSchedule
+
+    ds = SyntheticSmall().load()
+    made = []
+    original = PreparedSplit.with_mask_applied
+
+    def spy(self, mask, copy=True):
+        made.append(copy)
+        return original(self, mask, copy)
+
+    monkeypatch.setattr(PreparedSplit, "with_mask_applied", spy)
+    scores = {}
+    for budget in (2**40, 0):
+        monkeypatch.setattr(training, "VALID_COPY_BYTES", budget)
+        from msabench.methods.late_fusion import LateFusion
+        from msabench.method import FitContext
+        from msabench.plugins import PROTOCOLS
+
+        proto = PROTOCOLS.get("modality-missing")()
+        context = FitContext(task=ds.task, seed=1, epochs=1,
+                             valid_masks=proto.masks(ds.valid, ds.fingerprint, proto.validation_conditions()))
+        method = LateFusion(hidden=8).fit(ds.train, ds.valid, proto.training_schedule(ds.train, 1, ds.fingerprint),
+                                          context)
+        scores[budget] = method.training_curve()
+    assert made == [True] * 7 + [False] * 7
+    assert scores[2**40] == scores[0]  # the same validation scores either way
