@@ -241,6 +241,7 @@ class Leaderboard:
     reference: str | None
     baseline: str | None
     notes: list[str] = field(default_factory=list)
+    reported: pd.DataFrame = field(default_factory=pd.DataFrame)  # published rows, see msabench.compare
 
     def column_order(self, dataset: str, protocol: str, metric: str) -> list[str]:
         sub = self.table[(self.table["dataset"] == dataset) & (self.table["protocol"] == protocol)
@@ -407,6 +408,9 @@ CSV_COLUMNS = ["dataset", "protocol", "method", "method_name", "metric", "direct
 
 def to_csv(board: Leaderboard) -> str:
     """The tidy published CSV: one row per dataset × protocol × method × column (conditions and summaries) × metric."""
+    if not board.reported.empty:  # measured rows, then the published ones, told apart by a source column
+        from msabench.compare import csv_frame
+        return csv_frame(board, CSV_COLUMNS).to_csv(index=False)
     return board.table[CSV_COLUMNS].to_csv(index=False)
 
 
@@ -464,7 +468,13 @@ def to_markdown(board: Leaderboard, digits: int = 4) -> str:
             cells = [_cell(e.loc[c], digits, ("**", "**"), "†") if c in e.index else "–" for c in cols]
             name = lab.replace("|", "\\|")
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {int(e['n'].max())} |")
-        lines += ["", _caption(board, sub), ""]
+        if not board.reported.empty:
+            from msabench import compare
+            lines += compare.markdown_lines(board, dataset, protocol, metric, cols, digits)
+            lines += ["", "; ".join(x for x in (_caption(board, sub), compare.caption(board, dataset, protocol, metric))
+                                    if x), ""]
+        else:
+            lines += ["", _caption(board, sub), ""]
         out.append("\n".join(lines))
     out += [f"Note: {n}" for n in board.notes]
     return "\n".join(out).rstrip() + "\n"
@@ -496,6 +506,9 @@ def to_latex(board: Leaderboard, digits: int = 4) -> str:
             cells = [_cell(e.loc[c], digits, ("\\textbf{", "}"), "$^\\dagger$").replace("±", "$\\pm$")
                      if c in e.index else "--" for c in cols]
             lines.append(_tex(lab) + " & " + " & ".join(cells) + " \\\\")
+        if not board.reported.empty:
+            from msabench import compare
+            lines += compare.latex_lines(board, dataset, protocol, metric, cols, digits)
         lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
         out.append("\n".join(lines))
     return "\n".join(out)
@@ -519,6 +532,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     rows = read_rows(args.runs)
     metrics = [m.strip() for m in args.metric.split(",") if m.strip()] if args.metric else None
     board = build_leaderboard(rows, metrics, split=args.split, reference=args.reference, baseline=args.baseline)
+    if args.reported:
+        from msabench.compare import attach_reported
+        attach_reported(board, [n.strip() for n in args.reported.split(",") if n.strip()])
     text = render(board, args.format, args.digits)
     for note in board.notes:
         log.warning(note)
@@ -546,4 +562,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="md", choices=["csv", "md", "latex"], help="output format (default md)")
     p.add_argument("--digits", type=int, default=4, help="decimals in md/latex (default 4)")
     p.add_argument("--out", help="write to FILE instead of standard output")
+    p.add_argument("--reported", help="published table(s) to show beside the measured rows, comma-separated names "
+                                      "(e.g. hrlf-2024-table1; see msabench/reported/) or YAML paths; marked ‡, "
+                                      "never bolded or tested")
     p.set_defaults(func=cmd_leaderboard)

@@ -77,9 +77,15 @@ def _layout(scores: pd.DataFrame):
     return protocol_layout(str(first["protocol"]), params, list(dict.fromkeys(scores["condition"])))
 
 
+def metric_name(scores: pd.DataFrame) -> str:
+    return str(scores["metric"].iloc[0])
+
+
 # the figures --------------------------------------------------------------------------------------------------
-def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None):
-    """Metric vs missing ratio for one dataset × protocol × metric: a line per entry, ± 1 sd band across seeds.
+def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None,
+                     reported: list[Any] | None = None):
+    """Metric vs missing ratio for one dataset × protocol × metric: a line per entry, ± 1 sd band across seeds;
+    ``reported`` tables (names or :class:`msabench.reported.ReportedTable`) add their points, marked reported.
 
     ``scores`` are :func:`msabench.leaderboard.seed_scores` rows of one table whose conditions are ratios.
     """
@@ -98,6 +104,12 @@ def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None)
                  style="entry", style_order=order, dashes={n: styles[n][0] for n in order},
                  markers={n: styles[n][1] for n in order}, ax=ax)
     metric = str(scores["metric"].iloc[0])
+    if reported:  # published points, drawn apart from the measured lines (see msabench.compare)
+        from msabench.compare import overlay_points
+
+        for label, pts in overlay_points(reported, str(scores["protocol_label"].iloc[0]), metric_name(scores),
+                                         layout.ratios).items():
+            ax.plot(*zip(*pts), linestyle=":", marker="X", color="0.3", label=label)
     ax.set_xlabel("missing ratio r")
     ax.set_ylabel(metric)
     ax.set_title(f"{short_dataset(scores['dataset'].iloc[0])} · {scores['protocol_label'].iloc[0]} "
@@ -186,9 +198,10 @@ def _slug(*parts: str) -> str:
     return "-".join(re.sub(r"[^A-Za-z0-9._-]+", "_", str(p)).strip("_") for p in parts)
 
 
-def make_figures(kind: str, paths: list[str | Path], metric: str | None = None, split: str = "test"
-                 ) -> dict[str, Any]:
-    """Figures of ``kind`` (curves, heatmap, training) for stored runs, keyed by a file stem."""
+def make_figures(kind: str, paths: list[str | Path], metric: str | None = None, split: str = "test",
+                 reported: list[Any] | None = None) -> dict[str, Any]:
+    """Figures of ``kind`` (curves, heatmap, training) for stored runs, keyed by a file stem; ``reported`` tables
+    overlay their points on robustness curves."""
     if kind not in PLOT_KINDS:
         raise LeaderboardError(f"unknown plot {kind!r}; choose one of {', '.join(PLOT_KINDS)}")
     if kind == "training":
@@ -205,10 +218,24 @@ def make_figures(kind: str, paths: list[str | Path], metric: str | None = None, 
         if kind == "heatmap":
             figures[_slug("heatmap", d, p, m)] = condition_heatmap(scores)
         elif _layout(scores).ratios:
-            figures[_slug("curves", d, p, m)] = robustness_curve(scores, colors)
+            figures[_slug("curves", d, p, m)] = robustness_curve(scores, colors, reported)
     if not figures:
         raise LeaderboardError("no protocol with missing-ratio conditions in the results; robustness curves need "
                                "e.g. random-missing or block-missing (try 'msabench plot heatmap')")
+    return figures
+
+
+def make_all_figures(paths: list[str | Path], metric: str | None = None, split: str = "test",
+                     reported: list[Any] | None = None) -> dict[str, Any]:
+    """Every kind of figure that applies to the stored runs (kinds that do not apply are skipped, logged)."""
+    figures: dict[str, Any] = {}
+    for kind in PLOT_KINDS:
+        try:
+            figures.update(make_figures(kind, paths, metric, split, reported))
+        except LeaderboardError as exc:
+            log.info("no %s figures: %s", kind, exc)
+    if not figures:
+        raise LeaderboardError("no figure applies to these results; give directories written by 'msabench run'")
     return figures
 
 
@@ -230,7 +257,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     bad = [f for f in formats if f not in ("png", "svg", "pdf")]
     if bad or not formats:
         raise LeaderboardError(f"unknown format(s) {bad or args.format!r}; use png, svg or pdf (comma-separated)")
-    figures = make_figures(args.kind, args.runs, args.metric, args.split)
+    runs = list(args.runs)
+    if args.kind is not None and args.kind not in PLOT_KINDS:  # no kind: the first argument is a directory
+        runs.insert(0, args.kind)
+    reported = [n.strip() for n in args.reported.split(",") if n.strip()] if args.reported else None
+    if args.kind in PLOT_KINDS:
+        figures = make_figures(args.kind, runs, args.metric, args.split, reported)
+    else:
+        figures = make_all_figures(runs, args.metric, args.split, reported)
     for path in save_figures(figures, args.out, formats):
         print(path)
     return 0
@@ -241,11 +275,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="robustness curves, condition heatmaps and training curves from stored runs",
                        description="curves: metric vs missing ratio per method (± sd over seeds); heatmap: methods "
                                    "× conditions; training: validation score and loss per epoch (from run.json).")
-    p.add_argument("kind", choices=PLOT_KINDS, help="which plot")
+    p.add_argument("kind", nargs="?", metavar="KIND", help=f"which plot: {', '.join(PLOT_KINDS)} (default: every one that "
+                                                  "applies)")
     p.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="result directories written by 'msabench run'")
     p.add_argument("--out", required=True, help="directory for the figure files")
     p.add_argument("--metric", help="metric (default per task: mosi Non0_F1, sims F1_score, iemocap Mean_F1, "
                                     "multiclass weighted_F1)")
     p.add_argument("--split", default="test", choices=["test", "valid"], help="split (default test)")
     p.add_argument("--format", default="png,svg", help="file formats, comma-separated (default png,svg)")
+    p.add_argument("--reported", help="published table(s) whose points to overlay on robustness curves "
+                                      "(names from msabench/reported/ or YAML paths, comma-separated)")
     p.set_defaults(func=cmd_plot)

@@ -99,6 +99,9 @@ stage_tables() {
     msabench plot heatmap "$dir" --out "$dir/figures" --format png,svg || true
     msabench plot curves "$dir" --out "$dir/figures" --format png,svg || true
   done
+  # the static site (open results/site/index.html): tables with the published rows of msabench/reported/, figures,
+  # provenance and commands
+  msabench report results/mosi-utterance results/synthetic-mosi results/synthetic-iemocap --out results/site
 }
 
 stages=("$@")
