@@ -118,7 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     request = build_request(args)
     options = ExecOptions(device=args.device, amp=not args.no_amp, deterministic=args.deterministic,
                           save_predictions=args.save_predictions, save_model=args.save_model,
-                          progress=not args.quiet, threads=args.threads, cache=not args.no_cache)
+                          progress=not args.quiet, threads=args.threads, cache=not args.no_cache,
+                          data_placement=args.data_placement)
     rows = run_grid(request, out=args.out, options=options, workers=args.workers, scheduler=args.scheduler)
     rows = rows[rows["method"].isin(request.methods) & rows["protocol"].eq(request.protocol)] if not rows.empty else rows
     table = summary_table(rows)
@@ -157,6 +158,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--no-amp", action="store_true", help="turn off mixed precision on CUDA (on by default)")
     p.add_argument("--deterministic", action="store_true", help="also set the CUDA determinism switches")
+    p.add_argument("--data-placement", default="auto", choices=["auto", "device", "host"],
+                   help="where the training data lives: whole splits on the device, or on the host with batches "
+                        "moved (auto: host when the data would not fit the device; recorded in run.json)")
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> None:

@@ -43,6 +43,7 @@ class FitContext:
     aligned: bool = True
     dataset_fingerprint: str = ""
     cache_dir: str | None = None  # where a method may keep artefacts reusable across runs (None: no caching)
+    data_placement: str = "device"  # "device": whole splits on the device; "host": batches moved (msabench.placement)
 
 
 class Method:

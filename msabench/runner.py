@@ -37,6 +37,7 @@ from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
 from msabench.outputs import WriteFailed
 from msabench.params import param_defaults, params_hash, resolve_params
+from msabench.placement import PLACEMENTS, choose_placement, dataset_bytes
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
 from msabench.registry import split_spec
@@ -95,6 +96,7 @@ class ExecOptions:
     threads: int | None = None  # torch CPU threads per run; None: unchanged in process, 1 in worker processes
     cache: bool = True  # run_grid gives methods OUT/cache for artefacts shared between runs (CorrKD's teacher)
     cache_dir: str | None = None  # set by run_grid from ``cache``; None: methods cache nothing
+    data_placement: str = "auto"  # auto, device or host: where training data lives (msabench.placement)
 
 
 # environment ------------------------------------------------------------------------------------------------------
@@ -213,6 +215,7 @@ def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
         aligned=dataset.aligned,
         dataset_fingerprint=dataset.fingerprint,
         cache_dir=options.cache_dir,
+        data_placement=choose_placement(options.data_placement, device, dataset_bytes(dataset)),
     )
     schedule = protocol.training_schedule(train, spec.seed, dataset.fingerprint)
     start = time.perf_counter()
@@ -287,8 +290,10 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
     started = datetime.now(timezone.utc)
     method, protocol, train_seconds = fit_method(spec, dataset, options)
     device = resolve_device(options.device)
+    placement = getattr(method, "data_placement_", "device")
     eval_start = time.perf_counter()
-    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions, device=device)
+    rows, preds = evaluate(method, dataset, protocol, ["test", "valid"], options.save_predictions,
+                           device=None if placement == "host" else device)
     eval_seconds = time.perf_counter() - eval_start
     finished = datetime.now(timezone.utc)
     info = provenance(spec, dataset, protocol, device, started, finished, train_seconds)
@@ -297,6 +302,7 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
         "amp": bool(options.amp and device.type == "cuda"),
         "deterministic": options.deterministic,
         "torch_threads": torch.get_num_threads(),
+        "data_placement": placement,
         "hostname": platform.node(),
     })
     info.update(hardware_provenance(device))
@@ -369,14 +375,21 @@ def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None) -> RunRecord:
-    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes."""
+def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None,
+                       shared: str | None = None) -> RunRecord:
+    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes.
+    ``shared``: the parent's copy of the dataset (msabench.data.shared), mapped instead of loaded again."""
     torch.set_num_threads(options.threads or 1)
     from tqdm.std import tqdm as std_tqdm
 
     if not hasattr(std_tqdm, "_lock"):  # a thread lock, not a semaphore that a stopped worker would leak
         std_tqdm.set_lock(threading.RLock())
-    dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
+    if shared is not None:
+        from msabench.data.shared import load_shared_cached
+
+        dataset = load_shared_cached(shared)
+    else:
+        dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
     return execute_run(spec, options, dataset)
 
 
@@ -492,6 +505,8 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
         raise RunError(f"--workers must be at least 1, got {workers}")
     if options.threads is not None and options.threads < 1:
         raise RunError(f"threads must be at least 1, got {options.threads}")
+    if options.data_placement not in PLACEMENTS:
+        raise RunError(f"--data-placement {options.data_placement!r}: use one of {', '.join(PLACEMENTS)}")
     if scheduler:
         parse_scheduler(scheduler)
     resolve_device(options.device)
@@ -573,7 +588,7 @@ def _execute_all(todo: list[RunSpec], options: ExecOptions, datasets: dict[str, 
     if scheduler:
         yield from _execute_dask(todo, options, scheduler)
     elif workers > 1 and len(todo) > 1:
-        yield from _execute_pool(todo, options, workers)
+        yield from _execute_pool(todo, options, workers, datasets)
     else:
         for spec in todo:
             try:
@@ -588,15 +603,24 @@ def _worker_options(options: ExecOptions) -> ExecOptions:
     return ExecOptions(**{**asdict(options), "progress": False})
 
 
-def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> Iterable[Outcome]:
+def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int,
+                  datasets: dict[str, MultimodalDataset] | None = None) -> Iterable[Outcome]:
+    """Runs in local worker processes; the datasets this process loaded are written once to a temporary directory
+    and memory-mapped by every worker (one copy in the page cache instead of one per worker)."""
     import multiprocessing
+    import tempfile
+
+    from msabench.data.shared import save_shared
 
     worker_opts = _worker_options(options)
+    tmp = tempfile.TemporaryDirectory(prefix="msabench-shared-")
+    shared = {name: save_shared(ds, Path(tmp.name) / str(i)) for i, (name, ds) in enumerate((datasets or {}).items())}
     pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
                                initializer=ignore_sigint)
     completed = False
     try:
-        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset)): s
+        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset),
+                               shared.get(s.dataset)): s
                    for s in todo}
         for fut in as_completed(futures):
             try:
@@ -609,6 +633,7 @@ def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int) -> It
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+        tmp.cleanup()
 
 
 def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[Outcome]:

@@ -1,8 +1,9 @@
 """TorchMethod: the common training loop, so a method file holds only its model and loss.
 
-Whole splits live on the device; features are standardised with train-split statistics; a batch is a gather of
-shuffled rows (training) or a slice view (evaluation) of those tensors, with the epoch's or condition's mask applied
-to just those rows in one vectorised step. Model selection uses the validation split under the protocol's fixed
+Whole splits live on the device (or, under the ``host`` placement, stay on the host and move a batch at a time); a
+batch is a gather of shuffled rows (training) or a slice view (evaluation) of the raw features, standardised with the
+train-split statistics and masked with the epoch's or condition's mask in one pass over just those rows (no
+standardised copy of a split exists). Model selection uses the validation split under the protocol's fixed
 validation masks, each applied to the split once per fit; the best state is restored.
 """
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from msabench.data.base import Split, Task
+from msabench.data.base import Split, Task, row_chunks
 from msabench.masks import Mask, apply_mask, apply_mask_bert, derive_seed
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics, selection_score
+from msabench.placement import split_bytes
 from msabench.protocol import TrainingSchedule
 from msabench import text_encoder as _text
 
@@ -45,7 +47,13 @@ class Batch:
 
 @dataclass
 class PreparedSplit:
-    """A split on the device with standardised features, ready to be masked and sliced."""
+    """A split ready to be masked and sliced: its raw features where the data lives (the device, or the host under
+    the ``host`` placement) and the train-split scaler, applied to each batch's rows as they are taken.
+
+    No standardised copy of the split is made: ``((x - mean) / std) * padding`` is computed per batch, element by
+    element, which gives the same bits as standardising the whole split first (the old way). ``device`` is where
+    batches go; None: where the features are.
+    """
 
     split: Split
     features: dict[str, torch.Tensor]
@@ -55,12 +63,60 @@ class PreparedSplit:
     eval_buffers: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     # the pretrained text encoder's batch hook (msabench.text_encoder), or None for text features
     encode: Callable[[Batch], Batch] | None = field(default=None, repr=False)
+    # per modality (mean, std) on the batch device, folded into every batch; None: features are used as they are
+    scaler: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    device: torch.device | None = None
+    # True: ``applied_mask`` is not applied to ``features`` yet; masked_batch(None, ...) applies it per batch
+    mask_pending: bool = False
+    # page-locked staging buffers for host -> CUDA batch copies (host placement)
+    _staging: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    def with_mask_applied(self, mask: Mask) -> "PreparedSplit":
+    def with_mask_applied(self, mask: Mask, copy: bool = True) -> "PreparedSplit":
         """This split with ``mask`` applied once to all of it, for a mask scored again and again (the validation
-        conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices."""
+        conditions, every epoch): its batches, ``masked_batch(None, idx)``, are then plain slices. One new
+        standardised, masked copy of this split (in practice the validation split). ``copy=False``: no copy, the
+        mask is applied to each batch instead (same values; for validation sets too large to copy per condition)."""
         mask = {m: x.to(self.features[m].device) for m, x in mask.items()}
-        return PreparedSplit(self.split, apply_mask(self.features, mask), applied_mask=mask, encode=self.encode)
+        if not copy:
+            return PreparedSplit(self.split, self.features, applied_mask=mask, scaler=self.scaler, device=self.device,
+                                 mask_pending=True, encode=self.encode)
+        if self.scaler is None:
+            feats = apply_mask(self.features, mask)
+        else:
+            feats = {m: self._standardise(m, x, x, mask[m], padding=self.split.padding_mask()[m], new=True)
+                     for m, x in self.features.items()}
+        return PreparedSplit(self.split, feats, applied_mask=mask, device=self.device, encode=self.encode)
+
+    def standardised(self, modality: str) -> torch.Tensor:
+        """One modality's whole standardised features (padding zero) as a new tensor, on the features' device."""
+        x = self.features[modality]
+        if self.scaler is None:
+            return x
+        return self._standardise(modality, x, x, None, padding=self.split.padding_mask()[modality], new=True)
+
+    def _standardise(self, modality: str, rows: torch.Tensor, out: torch.Tensor, mask: torch.Tensor | None,
+                     padding: torch.Tensor, new: bool = False) -> torch.Tensor:
+        """``((rows - mean) / std) * (padding & mask)`` into ``out`` (``new``: a new tensor). Same bits as the
+        old ``apply_scaler`` followed by ``apply_mask``: x * p * m == x * (p & m) for p, m in {0, 1}."""
+        mean, std = self.scaler[modality]
+        mean, std = mean.to(rows.device), std.to(rows.device)
+        keep = padding if mask is None else padding & mask.to(padding.device)
+        res = torch.sub(rows, mean) if new else torch.sub(rows, mean, out=out)
+        return res.div_(std).mul_(keep.to(device=rows.device, dtype=rows.dtype).unsqueeze(-1))
+
+    def _to_device(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
+        """Rows taken on the host moved to the batch device (host placement); through a page-locked staging
+        buffer on CUDA, copied synchronously so the buffer is free again when this returns."""
+        if self.device is None or rows.device == self.device:
+            return rows
+        if self.device.type != "cuda":
+            return rows.to(self.device)
+        buf = self._staging.get(modality)
+        if buf is None or buf.shape[0] < rows.shape[0] or buf.shape[1:] != rows.shape[1:] or buf.dtype != rows.dtype:
+            buf = self._staging[modality] = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        staged = buf[: rows.shape[0]]
+        staged.copy_(rows)
+        return staged.to(self.device, non_blocking=False)
 
     def masked_batch(self, mask: Mask | None, idx: torch.Tensor | slice, reuse_buffers: bool = False) -> Batch:
         """The batch at ``idx`` (an index tensor, or a slice for contiguous rows, which gives views) with ``mask``
@@ -73,25 +129,42 @@ class PreparedSplit:
         """
         if mask is None and self.applied_mask is None:
             raise ValueError("masked_batch(None, ...) needs a split made by with_mask_applied; pass the mask")
-        batch_mask = {m: x[idx] for m, x in (self.applied_mask if mask is None else mask).items()}
+        if mask is None and self.mask_pending:
+            mask = self.applied_mask
+        s = self.split
+        dev = self.device if self.device is not None else s.labels.device
+        on_host = dev != s.labels.device  # host placement: rows are taken here, then moved
+        index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=dev)[idx]
+        if isinstance(idx, torch.Tensor) and idx.device != s.labels.device:
+            idx = idx.to(s.labels.device)
+        batch_mask = {m: x[idx].to(dev) for m, x in (self.applied_mask if mask is None else mask).items()}
         if mask is None:  # features are masked already: plain rows
-            feats = {m: x[idx] for m, x in self.features.items()}
-        elif isinstance(idx, slice):  # rows are views of the split: mask into new tensors (or the reused buffers)
+            feats = {m: self._to_device(m, x[idx]) for m, x in self.features.items()}
+        elif self.scaler is not None:  # standardise the batch's rows and mask them, in one buffer per modality
+            feats = {}
+            for m, x in self.features.items():
+                rows = self._to_device(m, x[idx] if isinstance(idx, slice) else x.index_select(0, idx))
+                padding = torch.arange(rows.shape[1], device=dev)[None, :] < s.lengths[m][idx].to(dev)[:, None]
+                if isinstance(idx, slice) and not on_host:  # views of the split: write into a buffer
+                    out = self._buffer(m, rows) if reuse_buffers else None
+                    feats[m] = self._standardise(m, rows, out, batch_mask[m], padding, new=out is None)
+                else:  # gathered (or moved) copies: in place
+                    feats[m] = self._standardise(m, rows, rows, batch_mask[m], padding)
+        elif isinstance(idx, slice) and not on_host:  # views of the split: mask into new tensors (or the buffers)
             rows = {m: x[idx] for m, x in self.features.items()}
             feats = (apply_mask(rows, batch_mask, out={m: self._buffer(m, r) for m, r in rows.items()})
                      if reuse_buffers else apply_mask(rows, batch_mask))
-        else:  # rows are gathered copies: mask them in place (same values, one pass less)
-            rows = {m: x.index_select(0, idx) for m, x in self.features.items()}
+        else:  # rows are gathered (or moved) copies: mask them in place (same values, one pass less)
+            rows = {m: self._to_device(m, x[idx] if isinstance(idx, slice) else x.index_select(0, idx))
+                    for m, x in self.features.items()}
             feats = apply_mask(rows, batch_mask, out=rows)
         bert = self.split.text_bert
         if bert is not None:
-            bert = bert[idx]
+            bert = bert[idx].to(dev)
             if bert.shape[-1] == batch_mask["l"].shape[1]:
                 bert = apply_mask_bert(bert, batch_mask["l"])
-        s = self.split
-        index = idx if isinstance(idx, torch.Tensor) else torch.arange(len(s), device=s.labels.device)[idx]
-        batch = Batch(features=feats, mask=batch_mask, lengths={m: x[idx] for m, x in s.lengths.items()},
-                      labels=s.labels[idx], index=index, text_bert=bert)
+        batch = Batch(features=feats, mask=batch_mask, lengths={m: x[idx].to(dev) for m, x in s.lengths.items()},
+                      labels=s.labels[idx].to(dev), index=index, text_bert=bert)
         return batch if self.encode is None else self.encode(batch)
 
     def _buffer(self, modality: str, rows: torch.Tensor) -> torch.Tensor:
@@ -176,16 +249,24 @@ class TorchMethod(Method):
         self.device_ = torch.device(context.device)
         self.task_ = context.task
         self.amp_ = bool(context.amp and self.device_.type == "cuda")
-        self.scaler_ = fit_scaler(train.to(self.device_)) if self.standardize else None
+        # "device": whole splits moved to the device once; "host": they stay, batches move (see msabench.placement)
+        self.data_placement_ = getattr(context, "data_placement", "device")
+        on_host = self.data_placement_ == "host"
+        self.scaler_ = fit_scaler(train if on_host else train.to(self.device_)) if self.standardize else None
+        if self.scaler_ is not None and on_host:
+            self.scaler_ = {m: (mean.to(self.device_), std.to(self.device_)) for m, (mean, std) in self.scaler_.items()}
         self._prepared_cache = None
         self.curve_: list[dict[str, float]] = []
         self.text_encoder_module_ = _text.begin_fit(self, train)
 
     def prepare(self, split: Split) -> PreparedSplit:
-        split = split.to(self.device_)
-        feats = split.features if self.scaler_ is None else apply_scaler(split, self.scaler_)
+        """The split where the data lives (moved to the device once, or left on the host), with the scaler folded
+        into its batches: no standardised copy of the split is made."""
+        if getattr(self, "data_placement_", "device") != "host":
+            split = split.to(self.device_)
         encoder = getattr(self, "text_encoder_module_", None)
-        return PreparedSplit(split, feats, encode=None if encoder is None else encoder.encode_batch)
+        return PreparedSplit(split, split.features, scaler=self.scaler_, device=self.device_,
+                             encode=None if encoder is None else encoder.encode_batch)
 
     def autocast(self):
         if not self.amp_:
@@ -209,7 +290,8 @@ class TorchMethod(Method):
         tr = self.prepare(train)
         va = self.prepare(valid)
         valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
-        valid_sets = {name: va.with_mask_applied(mask) for name, mask in valid_masks.items()}  # masked once
+        copy_valid = len(valid_masks) * split_bytes(va.split) <= VALID_COPY_BYTES  # else masked per batch (same values)
+        valid_sets = {name: va.with_mask_applied(mask, copy_valid) for name, mask in valid_masks.items()}  # masked once
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         optimizer = _text.make_optimizer(self, params)
@@ -323,10 +405,17 @@ class TorchMethod(Method):
         return self.raw_outputs(self.model_, self.prepared(split), mask).cpu().numpy()
 
     def prepared(self, split: Split) -> PreparedSplit:
-        """:meth:`prepare`, cached for the last split seen (one split is predicted under many conditions)."""
+        """:meth:`prepare`, cached for the last split seen (one split is predicted under many conditions).
+
+        A split of at most :data:`EVAL_COPY_BYTES` is standardised once into a copy (each condition's batches then
+        only mask, as fast as before the scaler was folded into batches); a larger one is standardised per batch."""
         cache = getattr(self, "_prepared_cache", None)
         if cache is None or cache[0] is not split:
-            cache = (split, self.prepare(split))
+            prepared = self.prepare(split)
+            if prepared.scaler is not None and split_bytes(split) <= EVAL_COPY_BYTES:
+                prepared = PreparedSplit(prepared.split, apply_scaler(prepared.split, prepared.scaler),
+                                         device=prepared.device, encode=prepared.encode)
+            cache = (split, prepared)
             self._prepared_cache = cache
         return cache[1]
 
@@ -335,11 +424,24 @@ class TorchMethod(Method):
 
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------
+EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is standardised once up to this size
+VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all
+SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
+
+
 def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per modality and feature dimension, mean and std over the existing (non-padding) train frames."""
+    """Per modality and feature dimension, mean and std over the existing (non-padding) train frames.
+
+    Up to :data:`SCALER_EXACT_BYTES` per modality with one split-sized temporary (the formula every published run
+    used, kept for bit-identical results); above it two passes over chunks of rows with float64 sums (one chunk-sized
+    temporary; equal to the float64 formula, not bit-identical to the float32 one).
+    """
     scaler = {}
     padding = train.padding_mask()
     for m, x in train.features.items():
+        if x.element_size() * x.nelement() > SCALER_EXACT_BYTES:
+            scaler[m] = _chunked_mean_std(x, padding[m])
+            continue
         w = padding[m].to(x.dtype).unsqueeze(-1)
         count = w.sum(dim=(0, 1)).clamp_min(1.0)
         work = torch.mul(x, w)  # one split-sized temporary, reused below (same values as x * w, (x - mean) ** 2 ...)
@@ -352,7 +454,23 @@ def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return scaler
 
 
+def _chunked_mean_std(x: torch.Tensor, padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std (std <= 1e-6 -> 1) over the frames where ``padding`` is True, a chunk of rows at a time."""
+    chunks = row_chunks(x)
+    count = padding.sum().to(torch.float64).clamp_min(1.0)
+    total = torch.zeros(x.shape[-1], dtype=torch.float64, device=x.device)
+    for sl in chunks:
+        total += (x[sl].to(torch.float64) * padding[sl].unsqueeze(-1)).sum(dim=(0, 1))
+    mean64 = total / count
+    sq = torch.zeros_like(total)
+    for sl in chunks:
+        sq += ((x[sl].to(torch.float64) - mean64).pow_(2) * padding[sl].unsqueeze(-1)).sum(dim=(0, 1))
+    std = (sq / count).sqrt().to(x.dtype)
+    return mean64.to(x.dtype), torch.where(std > 1e-6, std, torch.ones_like(std))
+
+
 def apply_scaler(split: Split, scaler: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The whole split standardised, as new tensors (the reference formula; training folds it into batches)."""
     padding = split.padding_mask()
     out = {}
     for m, x in split.features.items():

@@ -58,7 +58,7 @@ def test_variable_lengths_with_zero_padding(mosi):
 
 
 def test_unknown_option_is_an_error():
-    with pytest.raises(ValueError, match="takes options seed, aligned and text"):
+    with pytest.raises(ValueError, match="takes options seed, aligned, scale, text_dim and text"):
         load_dataset("synthetic-small", colour="red")
     with pytest.raises(DataError, match="takes no path"):
         load_dataset("synthetic-small:/tmp/x.pkl")

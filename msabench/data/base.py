@@ -144,13 +144,28 @@ def fingerprint(dataset: MultimodalDataset) -> str:
         h.update(split_name.encode())
         for m in sorted(split.features):
             h.update(m.encode())
-            h.update(np.ascontiguousarray(split.features[m].detach().cpu().numpy()).tobytes())
+            # hashed through the buffer protocol: same digest as .tobytes(), without a copy of the features
+            h.update(np.ascontiguousarray(split.features[m].detach().cpu().numpy()))
             h.update(np.ascontiguousarray(split.lengths[m].detach().cpu().numpy().astype(np.int64)).tobytes())
         h.update(np.ascontiguousarray(split.labels.detach().cpu().numpy()).tobytes())
         h.update("\x00".join(split.ids).encode())
         if split.text_bert is not None:
             h.update(np.ascontiguousarray(split.text_bert.cpu().numpy()).tobytes())
     return h.hexdigest()[:16]
+
+
+def row_chunks(x: torch.Tensor | np.ndarray, chunk_bytes: int = 64 * 2**20) -> list[slice]:
+    """Slices of about ``chunk_bytes`` of leading rows of ``x``, for passes that need a temporary per element."""
+    n = int(x.shape[0])
+    itemsize = x.itemsize if isinstance(x, np.ndarray) else x.element_size()
+    row_bytes = max(1, int(np.prod(x.shape[1:], dtype=np.int64)) * itemsize)
+    step = max(1, chunk_bytes // row_bytes)
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+
+def _has_nan(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds a NaN, checked a chunk of rows at a time (no split-sized bool temporary)."""
+    return any(bool(torch.isnan(x[sl]).any()) for sl in row_chunks(x))
 
 
 class DataError(ValueError):
@@ -169,8 +184,8 @@ def validate_split(split: Split, task: Task, source: str) -> None:
             raise DataError(f"{where} key {key!r}: expected a rank-3 array (N, T, D), got shape {tuple(x.shape)}")
         if x.shape[0] != n:
             raise DataError(f"{where} key {key!r}: {x.shape[0]} samples but {n} labels")
-        bad = torch.isnan(x)
-        if bad.any():
+        if _has_nan(x):
+            bad = torch.isnan(x)
             rows = torch.nonzero(bad.any(dim=2).any(dim=1)).flatten().tolist()
             raise DataError(
                 f"{where} key {key!r}: {int(bad.sum())} NaN values in {len(rows)} samples "

@@ -31,6 +31,7 @@ from msabench.data.base import (
     MultimodalDataset,
     Split,
     Task,
+    row_chunks,
     validate_split,
 )
 from msabench.data.safe_pickle import safe_load
@@ -108,7 +109,10 @@ def check_lengths(lengths: np.ndarray, t: int, key: str, split: str, source: str
 
 
 def check_finite(x: np.ndarray, key: str, split: str, source: str) -> None:
-    """A :class:`DataError` for +-inf values (NaN is reported by ``validate_split``)."""
+    """A :class:`DataError` for +-inf values (NaN is reported by ``validate_split``); checked a chunk of rows at a
+    time, so no array-sized temporary."""
+    if not any(np.isinf(x[sl]).any() for sl in row_chunks(x)):
+        return
     bad = np.isinf(x)
     if bad.any():
         rows = np.flatnonzero(bad.reshape(x.shape[0], -1).any(axis=1))
@@ -118,10 +122,14 @@ def check_finite(x: np.ndarray, key: str, split: str, source: str) -> None:
         )
 
 
-def infs_to_zero(x: np.ndarray) -> np.ndarray:
-    """A copy with -inf and +inf replaced by 0 (MMSA does this for audio features)."""
-    x = x.copy()
-    x[np.isinf(x)] = 0.0
+def infs_to_zero(x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """-inf and +inf replaced by 0 (MMSA does this for audio features): in a copy, or with ``in_place`` (an array
+    the loader owns, e.g. just unpickled) in ``x`` itself, a chunk of rows at a time."""
+    if not in_place or not x.flags.writeable:
+        x = x.copy()
+    for sl in row_chunks(x):
+        part = x[sl]
+        part[np.isinf(part)] = 0.0
     return x
 
 
@@ -150,7 +158,9 @@ def string_ids(value: Any, n: int, key: str, split: str, source: str) -> list[st
 
 def last_nonzero_lengths(x: np.ndarray) -> np.ndarray:
     """Per sample the index of the last frame with any non-zero value, plus 1 (0 for an all-zero sample)."""
-    nonzero = (x != 0).any(axis=2)  # (N, T)
+    nonzero = np.empty(x.shape[:2], dtype=bool)  # (N, T), filled a chunk of rows at a time
+    for sl in row_chunks(x):
+        nonzero[sl] = (x[sl] != 0).any(axis=2)
     t = x.shape[1]
     last = t - np.argmax(nonzero[:, ::-1], axis=1)
     return np.where(nonzero.any(axis=1), last, 0).astype(np.int64)
@@ -183,12 +193,15 @@ class MMSAPickle(DatasetSource):
         metric_set = _option_choice(self.options, "metric_set", ("mosi", "sims", None), None)
         data = safe_load(source)
         raw_splits = {s: get_split(data, s, source) for s in SPLITS}
+        del data
         if metric_set is None:
             train = raw_splits["train"]
             metric_set = "sims" if all(k in train for k in SIMS_UNIMODAL_KEYS) else "mosi"
         task: Task = REGRESSION_SIMS if metric_set == "sims" else REGRESSION_MOSI
         tokenize = self._tokenizer(text_mode)
-        splits = {s: self._split(raw, s, source, text_mode, tokenize) for s, raw in raw_splits.items()}
+        splits = {}
+        for s in SPLITS:  # the unpickled split is dropped as soon as it is converted (a float64 original with it)
+            splits[s] = self._split(raw_splits.pop(s), s, source, text_mode, tokenize)
         for split in splits.values():
             validate_split(split, task, source=source)
         seq_lens = splits["train"].seq_lens()
@@ -229,13 +242,16 @@ class MMSAPickle(DatasetSource):
 
     @staticmethod
     def _split(raw: Mapping[str, Any], split: str, source: str, text_mode: str, tokenize: Any = None) -> Split:
+        raw = dict(raw)  # this function's own: feature arrays are dropped from it as they are converted
         labels = float_array(get_key(raw, "regression_labels", split, source), 1, "regression_labels", split, source)
         n = labels.shape[0]
         features: dict[str, np.ndarray] = {}
         for m, key in _MODALITY_KEYS.items():
             x = float_array(get_key(raw, key, split, source), 3, key, split, source)
             check_count(n, x.shape[0], key, split, source, "regression_labels")
-            features[m] = infs_to_zero(x) if m == "a" else x
+            raw.pop(key)  # a float64 original is freed now, not at the end of the load
+            # the unpickled data is this loader's own: infs are zeroed in place
+            features[m] = infs_to_zero(x, in_place=True) if m == "a" else x
             check_finite(features[m], key, split, source)
 
         text_bert = None

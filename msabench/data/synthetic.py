@@ -12,6 +12,9 @@ the text's planted sentiment: between [CLS] and [SEP], each word is, with probab
 word (chosen by the sign-probability sigmoid(1.5 t) of the text's signal t) and otherwise a neutral word, from a
 made-up vocabulary (ids 110-119 positive, 120-129 negative, 130-159 neutral; any BERT-layout model with at least
 160 ids reads them). The features are the same as without the option.
+Each modality's features are generated into one preallocated array, a chunk of rows at a time, and the splits are
+views of it: the set is never held twice (the unaligned MOSEI shapes hold about 8.5 GB with ``text_dim=768``).
+Options ``scale`` (a fraction of the samples, same shapes) and ``text_dim`` change the shapes.
 """
 from __future__ import annotations
 
@@ -118,7 +121,8 @@ def _assemble(name: str, task: Task, shape: Shape, infos: dict[str, np.ndarray],
         sl = slice(bounds[i], bounds[i + 1])
         splits[split_name] = Split(
             name=split_name,
-            features={m: torch.from_numpy(features[m][sl].copy()) for m in features},
+            # views of the one generated array per modality (rows are contiguous): no second copy
+            features={m: torch.from_numpy(features[m][sl]) for m in features},
             lengths={m: torch.from_numpy(lengths[m][sl].astype(np.int64)) for m in lengths},
             labels=torch.from_numpy(labels[sl].copy()),
             ids=[f"{name}_{j:05d}" for j in range(sl.start, sl.stop)],
@@ -171,6 +175,8 @@ def make_emotion(name: str, shape: Shape, seed: int = 0, aligned: bool = True,
 MOSI = Shape((1284, 229, 686), {"l": 50, "a": 50, "v": 50}, {"l": 300, "a": 5, "v": 20})
 MOSI_UNALIGNED = Shape((1284, 229, 686), {"l": 50, "a": 375, "v": 500}, {"l": 300, "a": 5, "v": 20})
 MOSEI = Shape((16326, 1871, 4659), {"l": 50, "a": 50, "v": 50}, {"l": 300, "a": 74, "v": 35})
+# MMSA's unaligned_50.pkl: text 50 steps, audio and vision 500 (its text features are 768-d: option text_dim=768)
+MOSEI_UNALIGNED = Shape((16326, 1871, 4659), {"l": 50, "a": 500, "v": 500}, {"l": 300, "a": 74, "v": 35})
 IEMOCAP = Shape((2717, 798, 938), {"l": 20, "a": 20, "v": 20}, {"l": 300, "a": 74, "v": 35})
 SMALL = Shape((320, 80, 160), {"l": 20, "a": 20, "v": 20}, {"l": 32, "a": 8, "v": 12})
 SMALL_UNALIGNED = Shape((320, 80, 160), {"l": 20, "a": 30, "v": 25}, {"l": 32, "a": 8, "v": 12})
@@ -178,6 +184,27 @@ SMALL_UNALIGNED = Shape((320, 80, 160), {"l": 20, "a": 30, "v": 25}, {"l": 32, "
 
 def _as_bool(value: object) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes", "on")
+
+
+def _scale_option(options: dict) -> float:
+    try:
+        scale = float(options.get("scale", 1.0))
+    except (TypeError, ValueError):
+        scale = -1.0
+    if not 0.0 < scale <= 1.0:
+        raise ValueError(f"dataset option scale={options.get('scale')!r}: use a fraction of the samples in (0, 1]")
+    return scale
+
+
+def _text_dim_option(options: dict, shape: Shape) -> int:
+    try:
+        dim = int(options.get("text_dim", shape.dims["l"]))
+    except (TypeError, ValueError):
+        dim = 0
+    if dim < 1:
+        raise ValueError(f"dataset option text_dim={options.get('text_dim')!r}: use a positive feature size, "
+                         "e.g. 768 (BERT)")
+    return dim
 
 
 class _Synthetic(DatasetSource):
@@ -190,14 +217,21 @@ class _Synthetic(DatasetSource):
         seed = int(self.options.get("seed", 0))
         aligned = _as_bool(self.options.get("aligned", True))
         text = str(self.options.get("text", "features"))
-        unknown = set(self.options) - {"seed", "aligned", "text"}
+        unknown = set(self.options) - {"seed", "aligned", "scale", "text_dim", "text"}
         if unknown:
-            raise ValueError(f"dataset {self.name!r} takes options seed, aligned and text, not {sorted(unknown)}")
+            raise ValueError(f"dataset {self.name!r} takes options seed, aligned, scale, text_dim and text, "
+                             f"not {sorted(unknown)}")
         if text not in ("features", "bert"):
             raise ValueError(f"dataset {self.name!r}: option text={text!r} should be features or bert")
         shape = self.shape if aligned else self.unaligned_shape
+        extra = ""
+        if "scale" in self.options or "text_dim" in self.options:
+            scale, text_dim = _scale_option(self.options), _text_dim_option(self.options, shape)
+            shape = Shape(tuple(max(2, round(n * scale)) for n in shape.sizes), dict(shape.seq_lens),
+                          {**shape.dims, "l": text_dim})
+            extra = f",scale={scale:g},text_dim={text_dim}"
         make = make_emotion if self.emotion else make_sentiment
-        name = self.name if (seed == 0 and aligned) else f"{self.name}[seed={seed},aligned={aligned}]"
+        name = self.name if (seed == 0 and aligned and not extra) else f"{self.name}[seed={seed},aligned={aligned}{extra}]"
         if text == "bert":
             name += "[text=bert]"
         return make(name, shape, seed=seed, aligned=aligned, tokens=text == "bert")
@@ -217,9 +251,11 @@ class SyntheticMOSI(_Synthetic):
 
 class SyntheticMOSEI(_Synthetic):
     name = "synthetic-mosei"
-    description = "synthetic CMU-MOSEI shapes: 16326/1871/4659, T=50, dims 300/74/35"
+    description = ("synthetic CMU-MOSEI shapes: 16326/1871/4659, T=50, dims 300/74/35 (option aligned=false: "
+                   "50/500/500 as MMSA's unaligned_50.pkl; text_dim=768 for its BERT text; scale=0.25 for a quarter "
+                   "of the samples)")
     shape = MOSEI
-    unaligned_shape = MOSEI
+    unaligned_shape = MOSEI_UNALIGNED
 
 
 class SyntheticIEMOCAP(_Synthetic):
