@@ -135,8 +135,8 @@ def rebuild_spec(info: dict[str, Any], dataset, dataset_spec: str):
     recorded = dict(info["params"])
     raw = dict(cls.dataset_defaults(dataset))  # what the runner would give a hyperparameter nobody set
     raw.update(recorded)
-    params = resolve_params(cls, raw)
-    new = {k: params[k] for k in param_defaults(cls) if k not in recorded}
+    params = cls.finalize_params(resolve_params(cls, raw))  # as the runner plans it (e.g. text-encoder identity)
+    new = {k: params[k] for k in param_defaults(cls) if k in params and k not in recorded}
     protocol = make_protocol(info["protocol"], info.get("protocol_params") or {})
     spec = RunSpec(info["method"], params, dataset_spec, dict(info.get("dataset_options") or {}),
                    dataset.fingerprint, info["protocol"], protocol.get_params(), int(info["seed"]),
