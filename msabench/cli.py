@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from msabench.data.base import DataError
     from msabench.leaderboard import LeaderboardError
-    from msabench.outputs import WRITE_ERRNOS, WriteFailed, describe
+    from msabench.outputs import WRITE_ERRNOS, WriteFailed, database_write_failure, describe
     from msabench.params import ParameterError
     from msabench.registry import RegistryError
     from msabench.reproduce import ReproduceError
@@ -315,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in WRITE_ERRNOS:
             raise
         print(f"msabench: error: {describe(None, exc, verb='use')}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # e.g. Optuna's SQLite storage on a full disk (SQLAlchemy OperationalError)
+        message = database_write_failure(exc)
+        if message is None:
+            raise
+        print(f"msabench: error: {message}", file=sys.stderr)
         return 1
 
 

@@ -67,6 +67,33 @@ def writing(path: str | os.PathLike, flag: str = "--out", error: type[WriteFaile
         raise error(path, exc, flag) from exc
 
 
+# what SQLite (through SQLAlchemy, as Optuna's storage) says instead of an errno
+DATABASE_WRITE_ERRORS = {
+    "database or disk is full": errno.ENOSPC,
+    "attempt to write a readonly database": errno.EROFS,
+    "unable to open database file": errno.EACCES,
+}
+
+
+def database_write_failure(exc: BaseException) -> str | None:
+    """The one-line message for a tuning storage that could not be written (a full disk under ``optuna.db``, a
+    read-only one), found anywhere in ``exc``'s chain (SQLAlchemy keeps the driver's error in ``.orig``); else None."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e).lower()
+        for needle, code in DATABASE_WRITE_ERRORS.items():
+            if needle in text:
+                cause = OSError(code, os.strerror(code))
+                return describe("the tuning storage (--storage, default OUT/optuna.db)", cause, flag="--out or --storage")
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return None
+
+
 def host_tag() -> str:
     """This machine's name without ``-`` (the separator in temporary names)."""
     return socket.gethostname().replace("-", "_") or "host"

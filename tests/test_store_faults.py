@@ -418,3 +418,39 @@ def test_report_fails_in_one_line_and_leaves_no_temporary(tmp_path, monkeypatch,
     assert err == (f"msabench: error: cannot write {site / 'index.html'}: No space left on device (ENOSPC); "
                    f"free space on that file system or choose another --out")
     assert not stale.exists() and not (site / "index.html").exists() and temporaries(site) == []
+
+
+def test_tuning_storage_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys):
+    """Optuna's SQLite storage reports a full disk as SQLAlchemy's OperationalError around sqlite3's, not as an
+    OSError: it still ends in one line with exit code 1."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    from msabench import tune
+
+    def full_disk(*args, **kwargs):
+        try:
+            raise sqlite3.OperationalError("database or disk is full")
+        except sqlite3.OperationalError as exc:
+            raise sqlalchemy.exc.OperationalError("INSERT INTO trials ...", {}, exc) from exc
+
+    monkeypatch.setattr(tune, "tune", full_disk)
+    code = main(["tune", "--method", "late-fusion", "--protocol", "modality-missing", "--dataset", "synthetic-small",
+                 "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "t"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "tuning storage" in err[0] and "(ENOSPC)" in err[0] and "free space" in err[0]
+
+
+def test_other_errors_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
+    from msabench import tune
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("something else entirely")
+
+    monkeypatch.setattr(tune, "tune", boom)
+    with pytest.raises(RuntimeError, match="something else"):
+        main(["tune", "--method", "late-fusion", "--protocol", "modality-missing", "--dataset", "synthetic-small",
+              "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "t"), "--quiet"])
