@@ -252,9 +252,10 @@ class LNLN(CompleteFeatures):
     def __init__(self, d: int = 128, n_tokens: int = 8, heads: int = 8, dim_head: int = 64, alpha: float = 0.9,
                  beta: float = 0.8, gamma: float = 0.1, sigma: float = 1.0, lr: float = 1e-4,
                  weight_decay: float = 1e-4, batch_size: int = 64, epochs: int = 50, patience: int = 0,
-                 grad_clip: float = 0.0, standardize: bool = True) -> None:
+                 grad_clip: float = 0.0, standardize: bool = True,
+                 **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, weight_decay=weight_decay,
-                         grad_clip=grad_clip, standardize=standardize)
+                         grad_clip=grad_clip, standardize=standardize, **kwargs)
         self.d, self.n_tokens, self.heads, self.dim_head = d, n_tokens, heads, dim_head
         self.alpha, self.beta, self.gamma, self.sigma = alpha, beta, gamma, sigma
 
@@ -298,10 +299,12 @@ class LNLN(CompleteFeatures):
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         """AdamW (lr 1e-4, weight decay 1e-4) with the authors' warm-up + cosine schedule, stepped per epoch."""
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def optimizer_ready(self, optimizer: torch.optim.Optimizer) -> None:
+        """The warm-up + cosine schedule on every group (a fine-tuned text encoder's too), stepped per epoch."""
         epochs = self._epochs
-        self._scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, epochs))
-        return opt
+        self._scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: warmup_cosine(e, epochs))
 
     def loss(self, output: dict[str, Any], batch: Batch, task: Task) -> torch.Tensor:
         """alpha * completeness MSE + beta * effectiveness CE + gamma * reconstruction MSE + sigma * sentiment MSE."""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from msabench import text_encoder as _text
 from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.masks import derive_seed
 from msabench.method import FitContext
@@ -221,7 +222,8 @@ class MMIN(TorchMethod):
         return MMINNet(dims, self.embd_size, _widths(self.ae_layers, "ae_layers"), self.n_blocks,
                        _widths(self.cls_layers, "cls_layers"), self.dropout, output_size(task))
 
-    def build_teacher(self, dims: dict[str, int], task: Task) -> nn.Module:
+    @_text.wrap_build  # like build: dims["l"] is the text encoder's width when one is active
+    def build_teacher(self, dims: dict[str, int], seq_lens: dict[str, int], task: Task) -> nn.Module:
         """The full-modality fusion model that is pretrained on complete data."""
         self._validate()
         return FusionNet(dims, self.embd_size, _widths(self.cls_layers, "cls_layers"), self.teacher_dropout,
@@ -236,7 +238,7 @@ class MMIN(TorchMethod):
         self._begin_fit(train, context)
         dims = train.dims()
         teacher = _distill.complete_data_teacher(self, train, valid, schedule, context, TEACHER_PARAMS,
-                                                 build=lambda: self.build_teacher(dims, context.task))
+                                                 build=lambda: self.build_teacher(dims, train.seq_lens(), context.task))
         if self.predict_with == "teacher":
             self.model_ = teacher
             return self

@@ -169,9 +169,10 @@ class TFRNet(CompleteFeatures):
                  rec_weight_l: float = 5.0, rec_weight_a: float = 2.0, rec_weight_v: float = 20.0,
                  sim_weight: float = 5.0, train_missing_rate: float | None = None, lr_patience: int = 5,
                  grad_clip_value: float = 0.8, lr: float = 1e-3, weight_decay: float = 1e-3, batch_size: int = 24,
-                 epochs: int = 50, patience: int = 6, grad_clip: float = 0.0, standardize: bool = True) -> None:
+                 epochs: int = 50, patience: int = 6, grad_clip: float = 0.0, standardize: bool = True,
+                 **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, weight_decay=weight_decay,
-                         grad_clip=grad_clip, standardize=standardize)
+                         grad_clip=grad_clip, standardize=standardize, **kwargs)
         self.d, self.heads, self.layers = d, heads, layers
         self.kernel_l, self.kernel_a, self.kernel_v = kernel_l, kernel_a, kernel_v
         self.text_dropout, self.attn_dropout, self.attn_dropout_a, self.attn_dropout_v = (

@@ -26,7 +26,8 @@ def split_bytes(split: Split) -> int:
 
 
 def dataset_bytes(dataset: MultimodalDataset) -> int:
-    """Bytes of every split (train and valid during training, test and valid at evaluation)."""
+    """Bytes of every split. (The runner sizes its choice by train + valid only: fitting, tuning included, never
+    touches the test split, and evaluation holds one split at a time.)"""
     return sum(split_bytes(s) for s in dataset.splits.values())
 
 

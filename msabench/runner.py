@@ -37,7 +37,7 @@ from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
 from msabench.outputs import WriteFailed
 from msabench.params import param_defaults, params_hash, resolve_params
-from msabench.placement import PLACEMENTS, choose_placement, dataset_bytes
+from msabench.placement import PLACEMENTS, choose_placement, split_bytes
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
 from msabench.registry import split_spec
@@ -215,7 +215,7 @@ def fit_method(spec: RunSpec, dataset: MultimodalDataset, options: ExecOptions,
         aligned=dataset.aligned,
         dataset_fingerprint=dataset.fingerprint,
         cache_dir=options.cache_dir,
-        data_placement=choose_placement(options.data_placement, device, dataset_bytes(dataset)),
+        data_placement=choose_placement(options.data_placement, device, split_bytes(train) + split_bytes(valid)),
     )
     schedule = protocol.training_schedule(train, spec.seed, dataset.fingerprint)
     start = time.perf_counter()

@@ -295,6 +295,7 @@ class TorchMethod(Method):
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
         optimizer = _text.make_optimizer(self, params)
+        self.optimizer_ready(optimizer)
         grad_scaler = torch.amp.GradScaler("cuda", enabled=self.amp_ and not torch.cuda.is_bf16_supported())
         best_score, best_state, since_best = -np.inf, None, 0
         curve: list[dict[str, float]] = []
@@ -363,6 +364,10 @@ class TorchMethod(Method):
         devices = {p.device.type for p in params}
         fused = bool(devices) and devices <= {"cpu", "cuda"}
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None)
+
+    def optimizer_ready(self, optimizer: torch.optim.Optimizer) -> None:
+        """Called with the complete optimizer of a training stage (the text encoder's group included), e.g. to
+        attach a learning-rate schedule to every group; nothing by default."""
 
     @torch.inference_mode()
     def raw_outputs(self, model: nn.Module, prepared: PreparedSplit, mask: Mask | None,

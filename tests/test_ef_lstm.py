@@ -20,7 +20,7 @@ def test_check_method(monkeypatch):
     # msabench.testing asks tiny_datasets for aligned=not requires_aligned, i.e. unaligned data for a method that
     # needs aligned data (reported to the lead); pin the aligned sets until that line is fixed.
     original = msabench.testing.tiny_datasets
-    monkeypatch.setattr(msabench.testing, "tiny_datasets", lambda aligned=True: original(aligned=True))
+    monkeypatch.setattr(msabench.testing, "tiny_datasets", lambda aligned=True, **kw: original(aligned=True, **kw))
     check_method(EFLSTM, quick_params=QUICK)
 
 
