@@ -20,7 +20,7 @@ from msabench.method import FitContext
 from msabench.methods import _distill
 from msabench.methods._blocks import TransformerSeqEncoder, mlp
 from msabench.methods._mi import StatisticsNet, derangement, jsd_mi
-from msabench.methods.corrkd import categories, n_categories
+from msabench.methods.corrkd import CorrKD, categories, n_categories
 from msabench.protocol import TRAINING_RECIPES, TrainingSchedule
 from msabench.training import Batch, TorchMethod, task_loss
 
@@ -190,12 +190,8 @@ class HRLF(TorchMethod):
 
     @classmethod
     def dataset_defaults(cls, dataset: MultimodalDataset) -> dict[str, Any]:
-        """MOSI / MOSEI / IEMOCAP learning rate, batch size, epochs and heads (the settings CorrKD reports)."""
-        if dataset.task.metric_set == "iemocap":
-            return {"lr": 4e-3, "batch_size": 32, "epochs": 30, "heads": 10}
-        if "mosei" in dataset.name.lower():
-            return {"lr": 2e-3, "batch_size": 16, "epochs": 20, "heads": 8}
-        return {"lr": 1e-3, "batch_size": 128, "epochs": 50, "heads": 10}
+        """MOSI / MOSEI / IEMOCAP learning rate, batch size, epochs and heads: CorrKD's reported settings."""
+        return CorrKD.dataset_defaults(dataset)
 
     @classmethod
     def search_space(cls, trial) -> dict:

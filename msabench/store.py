@@ -6,7 +6,7 @@ Layout under ``DIR``::
     runs/<run key>/rows.csv          long rows: one per (split, condition, metric)
     runs/<run key>/predictions.csv   per-sample predictions (with --save-predictions)
     runs/<run key>/model.pt          the inference model (with --save-model)
-    results.csv                      every run's rows (rebuilt from runs/; Parquet too if pyarrow is installed)
+    results.csv                      every run's rows (rebuilt from runs/; Parquet too with `pip install msabench[parquet]`)
 
 A run is stored by writing a hidden temporary directory and renaming it into place, so a killed process
 (even ``kill -9``) leaves either the whole run or nothing. A run directory counts only once its ``run.json``
