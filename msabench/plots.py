@@ -108,7 +108,7 @@ def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None,
         from msabench.compare import overlay_points
 
         for label, pts in overlay_points(reported, str(scores["protocol_label"].iloc[0]), metric_name(scores),
-                                         layout.ratios).items():
+                                         layout.ratios, str(scores["dataset"].iloc[0])).items():
             ax.plot(*zip(*pts), linestyle=":", marker="X", color="0.3", label=label)
     ax.set_xlabel("missing ratio r")
     ax.set_ylabel(metric)
