@@ -10,6 +10,7 @@ whose data the numbers are on.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import numpy as np
@@ -25,16 +26,20 @@ def _base(protocol_label: str) -> str:
     return str(protocol_label).split("[", 1)[0]
 
 
-# benchmark families a measured data set name can name (tokens split on - _ .), checked in this order
+# benchmark families a measured data set name can name, checked in this order
 FAMILIES = ("mosei", "mosi", "sims", "iemocap")
 
 
+def _family(text: str) -> str | None:
+    tokens = set(re.split(r"[^a-z0-9]+", text.lower()))
+    return next((f for f in FAMILIES if tokens & {f, f"cmu{f}", f"ch{f}"}), None)
+
+
 def dataset_family(name: str) -> str | None:
-    """The benchmark a data set name names (``mosi-utterance`` -> ``mosi``, ``ch-sims`` -> ``sims``), else None."""
-    tokens = set(str(name).lower().replace("_", "-").replace(".", "-").split("-"))
-    if "ch" in tokens and "sims" in tokens:
-        return "sims"
-    return next((f for f in FAMILIES if f in tokens or f"cmu{f}" in tokens), None)
+    """The benchmark a data set name names (``mosi-utterance`` -> ``mosi``, ``mmsa:/data/mosei_bert.pkl`` ->
+    ``mosei``, ``ch-sims`` -> ``sims``), else None; the file name decides before the folders."""
+    name = str(name)
+    return _family(re.split(r"[/:\\]", name)[-1]) or _family(name)
 
 
 def fits_dataset(table: ReportedTable, dataset: str) -> bool:

@@ -141,8 +141,11 @@ def test_plot_without_kind_draws_every_figure_that_applies(tmp_path, rows, capsy
 def test_dataset_family_keeps_mosei_rows_out_of_mosi_tables():
     from msabench.compare import dataset_family
 
-    assert [dataset_family(n) for n in ("mosi-utterance", "synthetic-mosei", "CMU-MOSI", "ch-sims", "iemocap", "ds",
-                                        "synthetic-small")] == ["mosi", "mosei", "mosi", "sims", "iemocap", None, None]
+    names = {"mosi-utterance": "mosi", "synthetic-mosei": "mosei", "CMU-MOSI": "mosi", "ch-sims": "sims",
+             "iemocap": "iemocap", "ds": None, "synthetic-small": None, "mmsa:mosi_bert.pkl": "mosi",
+             "mmsa:../shared/data/mosi-utterance/mosi_utterance.pkl": "mosi", "mmsa:/data/MOSEI/aligned_50.pkl": "mosei",
+             "mmsa:/data/mosi/mosei_bert.pkl": "mosei", "mosiac": None}
+    assert {n: dataset_family(n) for n in names} == names
     frames = [run_rows("corrkd", s, {c: 0.6 for c in MODALITY}, dataset="mosi-utterance") for s in (1, 2)]
     board = attach_reported(build_leaderboard(pd.concat(frames)), ["hrlf-2024-table1", "hrlf-2024-table1-mosei"])
     assert set(board.reported["source"]) == {"hrlf-2024-table1"}
