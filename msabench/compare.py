@@ -145,15 +145,20 @@ def csv_frame(board, columns: list[str]) -> pd.DataFrame:
 
 
 def overlay_points(tables: Iterable[ReportedTable | str], protocol: str, metric: str,
-                   ratios: dict[str, float], dataset: str = "") -> dict[str, list[tuple[float, float]]]:
+                   ratios: dict[str, float], dataset: str = "", methods: Iterable[str] | None = None
+                   ) -> dict[str, list[tuple[float, float]]]:
     """Reported (ratio, value) points per label for a robustness curve of ``protocol`` and ``metric`` (on
-    ``dataset``, when given: only tables that fit it)."""
+    ``dataset``, when given: only tables that fit it; with ``methods``, only rows whose ``ours`` names one of them,
+    so a figure overlays the published curves of the methods it draws)."""
+    wanted = None if methods is None else set(methods)
     points: dict[str, list[tuple[float, float]]] = {}
     for t in tables:
         t = load_reported(t) if isinstance(t, str) else t
         if t.protocol != _base(protocol) or (dataset and not fits_dataset(t, dataset)):
             continue
         for row in t.rows:
+            if wanted is not None and (row.ours or "").split(" ", 1)[0] not in wanted:
+                continue
             pts = [(ratios[c], v / t.scale_of(metric)) for c, v in row.metrics.get(metric, {}).items() if c in ratios]
             if pts:
                 points[reported_label(row.method, t.id)] = sorted(pts)

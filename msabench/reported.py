@@ -4,8 +4,9 @@ A reported table is never a measurement: it does not enter the results store, si
 Each file names the paper (title, venue, arXiv id), the table and page, the data set, features and split the authors
 used, their model-selection rule when known, and how the table maps onto msabench: the protocol, the condition
 names (``{l}``, ``{l,a}``, ... or missing rates ``0.0`` ...), the summaries with their definitions (e.g. ``Avg`` over
-the six missing conditions), the metric of ours it corresponds to (``metric_ours``) and the paper's scale (``100``
-for percentages). Only verified numbers are transcribed; ``omitted`` says what was left out and why.
+the six missing conditions; ``decimals`` the paper prints them with, ``metric_decimals`` per metric where it
+differs), the metric of ours it corresponds to (``metric_ours``) and the paper's scale (``100`` for percentages).
+Only verified numbers are transcribed; ``omitted`` says what was left out and why.
 
 A row gives the numbers of the table's metric under ``values``, or of several metrics under ``metrics`` (our metric
 name -> {column: value}), e.g. LNLN's Acc-7 ... Corr or HRLF's per-emotion F1 on IEMOCAP. ``scales`` overrides
@@ -205,6 +206,11 @@ def load_reported(name: str) -> ReportedTable:
     return table
 
 
+def summary_decimals(spec: dict[str, Any], metric: str) -> int:
+    """Decimals the paper prints a summary with: ``metric_decimals`` for ``metric``, else ``decimals`` (2)."""
+    return int((spec.get("metric_decimals") or {}).get(metric, spec.get("decimals", 2)))
+
+
 def summary_check(table: ReportedTable) -> list[str]:
     """Stated summaries that differ from the mean of their members by more than the paper's rounding allows."""
     problems = []
@@ -214,7 +220,7 @@ def summary_check(table: ReportedTable) -> list[str]:
                 members = spec["members"]
                 if name not in values or any(m not in values for m in members):
                     continue
-                decimals = int(spec.get("decimals", 2))
+                decimals = summary_decimals(spec, metric)
                 mean = sum(values[m] for m in members) / len(members)
                 # the stated value is rounded (half a unit) and so are the members (half a unit over their mean)
                 if abs(mean - values[name]) > 10 ** -decimals + 1e-9:

@@ -109,7 +109,9 @@ metric_ours: Non0_F1
 scale: 100
 conditions: ["0.0", "0.5", "1.0"]
 rows:
-  - {method: P, values: {"0.0": 80.0, "0.5": 70.0}, verified: by hand}
+  - {method: P, ours: alpha, values: {"0.0": 80.0, "0.5": 70.0}, verified: by hand}
+  - {method: Q, ours: not-measured, values: {"0.0": 50.0}, verified: by hand}
+  - {method: R, values: {"0.0": 40.0}, verified: by hand}
 """)
 
 
@@ -117,11 +119,17 @@ def test_overlay_points_and_curve(rows):  # noqa: F811 - the fixture
     table = parse_table(LNLN_LIKE, "curve")
     ratios = {f"{0.1 * i:.1f}": 0.1 * i for i in range(11)}
     assert overlay_points([table], "random-missing", "Non0_F1", ratios) == {
-        "P ‡ (reported, curve)": [(0.0, 0.8), (0.5, 0.7)]}
+        "P ‡ (reported, curve)": [(0.0, 0.8), (0.5, 0.7)], "Q ‡ (reported, curve)": [(0.0, 0.5)],
+        "R ‡ (reported, curve)": [(0.0, 0.4)]}
+    # a figure overlays only the published rows of the methods it draws
+    assert list(overlay_points([table], "random-missing", "Non0_F1", ratios, methods={"alpha", "beta"})) == [
+        "P ‡ (reported, curve)"]
+    assert overlay_points([table], "random-missing", "Non0_F1", ratios, "synthetic-mosei") == {}  # a MOSI table
     assert overlay_points([table], "random-missing", "MAE", ratios) == {}
     scores = seed_scores(rows)
     fig = robustness_curve(scores[scores["protocol"] == "random-missing"], reported=[table])
     ax = fig.axes[0]
+    assert [ln.get_label() for ln in ax.get_lines() if "‡" in ln.get_label()] == ["P ‡ (reported, curve)"]
     line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("P ‡"))
     np.testing.assert_allclose(line.get_xdata(), [0.0, 0.5])
     np.testing.assert_allclose(line.get_ydata(), [0.8, 0.7])

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from msabench.reported import ReportedError, available_reported, load_reported, parse_table, summary_check
+from msabench.reported import (ReportedError, available_reported, load_reported, parse_table, summary_check,
+                               summary_decimals)
 
 NAMES = available_reported()
 
@@ -39,12 +40,14 @@ def test_each_stated_average_is_the_mean_of_its_conditions(name):
                 if summary in values and all(m in values for m in spec["members"]):
                     mean = np.mean([values[m] for m in spec["members"]])
                     # the stated value and each member are rounded to the paper's decimals (0.01, or 0.1 on IEMOCAP)
-                    unit = 10.0 ** -int(spec.get("decimals", 2))
+                    unit = 10.0 ** -summary_decimals(spec, metric)  # e.g. LNLN's MAE and Corr: 0.001
                     assert abs(mean - values[summary]) <= unit + 1e-9, (row.method, metric, summary, mean)
                     checked += 1
     assert summary_check(table) == []
     if name.startswith("hrlf-"):  # every HRLF row gives all six conditions and the average: all of them checked
         assert checked == sum(len(r.metrics) for r in table.rows) > 0
+    if name.startswith("lnln-"):  # LNLN's Table 2 averages against its per-rate Table 9 (TETFN on MOSEI left out)
+        assert checked == 8 * (8 if name == "lnln-2024-table2" else 7)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -120,14 +123,21 @@ def test_known_values_lnln_every_metric_and_its_scale():
     r = rows_of("lnln-2024-table2")
     assert list(r) == ["MISA", "Self-MM", "MMIM", "CENET", "TETFN", "TFR-Net", "ALMT", "LNLN"]
     lnln = {m: v["LNLN-Avg"] for m, v in r["LNLN"].items()}
+    # its Table 9 (p. 16), r = 0.0 and r = 0.9: Acc-7 44.56 and 22.98, MAE 0.751 and 1.349
+    assert r["LNLN"]["Mult_acc_7"]["0.0"] == 44.56 and r["LNLN"]["Mult_acc_7"]["0.9"] == 22.98
+    assert r["LNLN"]["MAE"]["0.0"] == 0.751 and r["LNLN"]["MAE"]["0.9"] == 1.349
+    # by hand: LNLN's MOSI Acc-7 over the ten rates, (44.56 + 42.37 + 39.74 + 38.00 + 36.49 + 33.92 + 30.37 + 27.79
+    # + 26.34 + 22.98) / 10 = 342.56 / 10 = 34.256, printed 34.26
+    assert abs(sum(r["LNLN"]["Mult_acc_7"][f"0.{i}"] for i in range(10)) - 342.56) < 1e-9
     # LNLN Table 2, MOSI (p. 8): 34.26 | 38.27 | 72.55 / 70.94 | 72.73 / 71.25 | 1.046 | 0.527, the left value of a
     # pair being negative/positive (our Non0) and the right negative/non-negative (our Has0), per its Sec. 4.2
     assert lnln == {"Mult_acc_7": 34.26, "Mult_acc_5": 38.27, "Non0_acc_2": 72.55, "Has0_acc_2": 70.94,
                     "Non0_F1": 72.73, "Has0_F1": 71.25, "MAE": 1.046, "Corr": 0.527}
-    frame = t.frame().set_index(["method", "metric"])
-    assert frame.loc[("LNLN", "MAE"), "value"] == pytest.approx(1.046)  # MAE and Corr are not percentages
-    assert frame.loc[("LNLN", "Corr"), "value"] == pytest.approx(0.527)
-    assert frame.loc[("LNLN", "Mult_acc_7"), "value"] == pytest.approx(0.3426)
+    frame = t.frame().set_index(["method", "metric", "condition"])["value"]
+    assert frame[("LNLN", "MAE", "LNLN-Avg")] == pytest.approx(1.046)  # MAE and Corr are not percentages
+    assert frame[("LNLN", "Corr", "LNLN-Avg")] == pytest.approx(0.527)
+    assert frame[("LNLN", "Mult_acc_7", "LNLN-Avg")] == pytest.approx(0.3426)
+    assert frame[("LNLN", "Mult_acc_7", "0.9")] == pytest.approx(0.2298)
     mosei = rows_of("lnln-2024-table2-mosei")
     assert mosei["LNLN"]["Has0_F1"]["LNLN-Avg"] == 79.95 and mosei["Self-MM"]["Mult_acc_7"]["LNLN-Avg"] == 44.70
     assert mosei["ALMT"]["MAE"]["LNLN-Avg"] == 0.674
@@ -208,3 +218,12 @@ def test_schema_errors_name_the_problem(edit, message):
 def test_unknown_name_lists_the_packaged_tables():
     with pytest.raises(ReportedError, match="hrlf-2024-table1"):
         load_reported("no-such-table")
+
+
+def test_metric_decimals_tighten_the_check_for_that_metric():
+    data = _base()
+    data["rows"][0]["metrics"] = {"MAE": {"{l}": 1.0, "{a}": 1.0, "Avg": 1.005}}
+    assert summary_check(parse_table(data, "x")) == []  # 0.005 is within two decimals' rounding
+    data["summaries"]["Avg"]["metric_decimals"] = {"MAE": 3}
+    problems = summary_check(parse_table(data, "x"))
+    assert len(problems) == 1 and "MAE" in problems[0]  # ... but not within three
