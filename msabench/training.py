@@ -290,7 +290,7 @@ class TorchMethod(Method):
         tr = self.prepare(train)
         va = self.prepare(valid)
         valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
-        copy_valid = len(valid_masks) * split_bytes(va.split) <= VALID_COPY_BYTES  # else masked per batch (same values)
+        copy_valid = copy_validation(len(valid_masks), split_bytes(va.split), split_bytes(tr.split))
         valid_sets = {name: va.with_mask_applied(mask, copy_valid) for name, mask in valid_masks.items()}  # masked once
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -430,7 +430,19 @@ class TorchMethod(Method):
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------
 EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is standardised once up to this size
-VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all
+VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all,
+VALID_COPY_SHARE = 0.25  # and up to this share of the train + valid feature bytes,
+VALID_COPY_FLOOR = 128 * 2**20  # except that copies this small in all are always made (small sets validate fast)
+
+
+def copy_validation(n_conditions: int, valid_bytes: int, train_bytes: int) -> bool:
+    """Whether to keep one masked copy of the validation split per validation condition (else each condition's
+    mask is applied per batch: the same scores). Copies are made while they total at most
+    ``min(VALID_COPY_BYTES, max(VALID_COPY_FLOOR, VALID_COPY_SHARE * (train + valid bytes)))``, so that memory
+    stays near the data's size on large sets and small sets keep their faster validation."""
+    total = n_conditions * valid_bytes
+    budget = min(VALID_COPY_BYTES, max(VALID_COPY_FLOOR, VALID_COPY_SHARE * (train_bytes + valid_bytes)))
+    return total <= budget
 SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 
