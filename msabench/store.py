@@ -20,6 +20,7 @@ come from its ``rows.csv`` if it has one (a run added after packing), else from 
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -41,7 +42,6 @@ __all__ = ["ResultsStore", "RunRecord", "StoreError", "StoreWriteFailed", "pid_a
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 24 * 3600  # tmp dirs of another host are removed only after this long
 PACKED_ROWS = "rows.csv.gz"  # every run's rows in one compressed file (ResultsStore.pack)
-GZIP = {"method": "gzip", "compresslevel": 9, "mtime": 0}  # mtime 0: the same rows give the same bytes
 
 
 class StoreError(OSError):
@@ -81,6 +81,12 @@ def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
     except OSError:
         return False
     return age > STALE_TMP_SECONDS
+
+
+def _write_gzip(path: Path, data: bytes) -> None:
+    """gzip ``data`` into ``path`` without a file name or time in the header: the same rows give the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        gz.write(data)
 
 
 def _torch_save(state: Any, path: Path) -> None:
@@ -240,7 +246,7 @@ class ResultsStore:
         rows = self.rows()
         if rows.empty:
             raise StoreError(f"nothing to pack in {self.root}: no finished runs under {self.runs_dir}")
-        atomic_write(self.packed_path, lambda tmp: rows.to_csv(tmp, index=False, compression=GZIP),
+        atomic_write(self.packed_path, lambda tmp: _write_gzip(tmp, rows.to_csv(index=False).encode("utf-8")),
                      error=StoreWriteFailed)
         self._packed = None
         with writing(self.root, error=StoreWriteFailed):
