@@ -190,7 +190,7 @@ def read_training_curves(paths: list[str | Path]) -> pd.DataFrame:
                                "by 'msabench run'")
     frame = pd.DataFrame(records)
     for col in ("tag", "msabench_version", "method_package_version", "epochs", "protocol_version"):
-        frame[col] = frame[col].fillna("").astype(str)
+        frame[col] = frame[col].astype(object).fillna("").astype(str)
     frame["protocol_label"] = _protocol_labels(frame)
     frame["entry"] = _entry_labels(frame)
     return frame
