@@ -353,10 +353,11 @@ class TorchMethod(Method):
     def eval_batches(self, split: Split) -> list[torch.Tensor | slice]:
         """Index tensors or slices covering every sample once, for prediction (order does not matter).
 
-        The default is contiguous slices, so evaluation batches are views, not copies.
+        The default is contiguous slices, so evaluation batches are views, not copies: 256 samples (or the training
+        batch size if larger), fewer for long sequences, :func:`eval_batch_size`.
         """
         n = len(split)
-        step = max(self.batch_size, 256)
+        step = eval_batch_size(self.batch_size, max(split.seq_lens().values(), default=1))
         return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -426,6 +427,17 @@ class TorchMethod(Method):
 
     def inference_state(self) -> dict[str, Any]:
         return {"model": self.model_.state_dict(), "scaler": self.scaler_}
+
+
+EVAL_BATCH = 256  # samples per evaluation batch for sequences of at most EVAL_TOKENS // EVAL_BATCH frames
+EVAL_TOKENS = 256 * 64  # frames per modality in one evaluation batch beyond that (attention is quadratic in T)
+
+
+def eval_batch_size(train_batch: int, longest: int) -> int:
+    """Samples per evaluation batch: 256 for sequences up to 64 frames (every published study), fewer for longer
+    ones so that a batch holds about 16k frames per modality (unaligned MOSEI, T = 500: 32 instead of 256, whose
+    attention scores alone took 2 GB), never fewer than the training batch, which fits by construction."""
+    return max(train_batch, min(EVAL_BATCH, EVAL_TOKENS // max(longest, 1)))
 
 
 # feature standardisation fitted on the train split -------------------------------------------------------------------

@@ -296,3 +296,13 @@ def test_validation_copy_budget_by_hand():
     # a large train split lifts the share, but never above 512 MiB in all
     assert copy_validation(7, 69 * mib, 2000 * mib)  # 483 <= min(512, 517.25)
     assert not copy_validation(8, 69 * mib, 4000 * mib)  # 552 > 512
+
+
+def test_evaluation_batches_shrink_for_long_sequences():
+    from msabench.training import eval_batch_size
+
+    assert eval_batch_size(128, 50) == 256  # MOSI-like: 16384 // 50 = 327, capped at 256 as before
+    assert eval_batch_size(16, 500) == 32  # unaligned MOSEI: 16384 // 500 = 32
+    assert eval_batch_size(64, 500) == 64  # never below the training batch
+    assert eval_batch_size(8, 20000) == 8
+    assert eval_batch_size(16, 1) == 256
