@@ -241,6 +241,7 @@ class CorrKD(TorchMethod):
             "lambda_rcd": trial.suggest_float("lambda_rcd", 0.1, 2.0, log=True),
             "tau": trial.suggest_float("tau", 1.0, 8.0, log=True),
             "distill_scale": trial.suggest_categorical("distill_scale", list(DISTILL_SCALES)),
+            "student_recipe": trial.suggest_categorical("student_recipe", ["protocol", "frame+modality"]),
         }
 
     # model and losses ----------------------------------------------------------------------------------------------

@@ -218,6 +218,29 @@ def add_masks_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_masks)
 
 
+# pack -------------------------------------------------------------------------------------------------------------
+def cmd_pack(args: argparse.Namespace) -> int:
+    from msabench.store import ResultsStore
+
+    for root in args.runs:
+        store = ResultsStore(root)
+        if not store.runs_dir.is_dir():
+            raise CLIError(f"{root} has no runs/ directory: give a results directory written by 'msabench run'")
+        n, path = len(store.keys()), store.pack()
+        print(f"{root}: the rows of {n} runs packed into {path} ({path.stat().st_size / 1e6:.2f} MB); per-run "
+              "rows.csv and results.csv removed")
+    return 0
+
+
+def add_pack_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pack", help="store a results directory's rows once, compressed (for publishing)",
+                       description="Write every run's rows into RUNS_DIR/rows.csv.gz and remove the per-run "
+                                   "rows.csv files and results.csv, which hold the same rows. Every command reads a "
+                                   "packed directory as before; runs added later are packed by the next pack.")
+    p.add_argument("runs", nargs="+", metavar="RUNS_DIR", help="result directories written by 'msabench run'")
+    p.set_defaults(func=cmd_pack)
+
+
 # reproduce --------------------------------------------------------------------------------------------------------
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from msabench.reproduce import format_outcome, hardware_here, reproduce, summary_line
@@ -271,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     add_masks_parser(sub)
     add_reproduce_parser(sub)
+    add_pack_parser(sub)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

@@ -2,12 +2,15 @@
 
 Reported rows are attached to a built :class:`~msabench.leaderboard.Leaderboard` after its statistics are computed,
 so they never take part in best marks or significance tests. They join every measured table of the same protocol
-and metric (``metric_ours``), only in the columns both share, in msabench units (the paper's value ÷ ``scale``), each
-marked ``‡ (reported, TABLE)``; the caption says whose numbers they are and what differs (data, features,
-split, model selection).
+and metric (the row's metric in our names), only in the columns both share, in msabench units (the paper's value ÷
+the metric's scale), each marked ``‡ (reported, TABLE)``; the caption says whose numbers they are and what differs
+(data, features, split, model selection). A measured data set whose name names a known benchmark (``mosi-utterance``
+-> MOSI) gets only the tables of that benchmark; any other (synthetic, custom) gets every table, its caption saying
+whose data the numbers are on.
 """
 from __future__ import annotations
 
+import re
 from typing import Iterable
 
 import numpy as np
@@ -23,6 +26,28 @@ def _base(protocol_label: str) -> str:
     return str(protocol_label).split("[", 1)[0]
 
 
+# benchmark families a measured data set name can name, checked in this order
+FAMILIES = ("mosei", "mosi", "sims", "iemocap")
+
+
+def _family(text: str) -> str | None:
+    tokens = set(re.split(r"[^a-z0-9]+", text.lower()))
+    return next((f for f in FAMILIES if tokens & {f, f"cmu{f}", f"ch{f}"}), None)
+
+
+def dataset_family(name: str) -> str | None:
+    """The benchmark a data set name names (``mosi-utterance`` -> ``mosi``, ``mmsa:/data/mosei_bert.pkl`` ->
+    ``mosei``, ``ch-sims`` -> ``sims``), else None; the file name decides before the folders."""
+    name = str(name)
+    return _family(re.split(r"[/:\\]", name)[-1]) or _family(name)
+
+
+def fits_dataset(table: ReportedTable, dataset: str) -> bool:
+    """Whether a reported table belongs beside measured results on ``dataset`` (see the module docstring)."""
+    family = dataset_family(dataset)
+    return family is None or dataset_family(table.dataset) in (None, family)
+
+
 def reported_label(method: str, source: str) -> str:
     """How a reported row is named in tables and legends: ``HRLF ‡ (reported, hrlf-2024-table1)``."""
     return f"{method} {MARK} (reported, {source})"
@@ -35,10 +60,10 @@ def attach_reported(board, tables: Iterable[ReportedTable | str]):
     for (dataset, protocol, metric), sub in board.table.groupby(["dataset", "protocol", "metric"], sort=False):
         columns = set(sub["condition"])
         for table in tables:
-            if table.protocol != _base(protocol) or table.metric_ours != metric:
+            if table.protocol != _base(protocol) or not fits_dataset(table, dataset):
                 continue
             frame = table.frame()
-            for rec in frame[frame["condition"].isin(columns)].to_dict("records"):
+            for rec in frame[frame["condition"].isin(columns) & (frame["metric"] == metric)].to_dict("records"):
                 records.append({"dataset": dataset, "protocol": protocol, "method": reported_label(rec["method"], table.id),
                                 "metric": metric, "condition": rec["condition"], "kind": rec["kind"],
                                 "mean": rec["value"], "paper_value": rec["paper_value"], "source": table.id})
@@ -80,8 +105,9 @@ def captions(board, dataset: str, protocol: str, metric: str) -> list[str]:
         details = "; ".join(x for x in (f"their data: {t.dataset}" + (f" ({t.features})" if t.features else ""),
                                         f"split: {t.split}" if t.split else "",
                                         f"model selection: {t.selection}" if t.selection else "") if x)
-        parts.append(f"{MARK} reported by {t.citation}, {t.metric or metric} ÷ {t.scale:g}: not measured here, "
-                     f"never bolded or tested; {details}.")
+        scales = "".join(f", {m} ÷ {v:g}" for m, v in t.scales.items() if v != t.scale)
+        parts.append(f"{MARK} reported by {t.citation}, {t.metric or metric} (paper values ÷ {t.scale:g}{scales}): "
+                     f"not measured here, never bolded or tested; {details}.")
     return parts
 
 
@@ -119,15 +145,21 @@ def csv_frame(board, columns: list[str]) -> pd.DataFrame:
 
 
 def overlay_points(tables: Iterable[ReportedTable | str], protocol: str, metric: str,
-                   ratios: dict[str, float]) -> dict[str, list[tuple[float, float]]]:
-    """Reported (ratio, value) points per label for a robustness curve of ``protocol`` and ``metric``."""
+                   ratios: dict[str, float], dataset: str = "", methods: Iterable[str] | None = None
+                   ) -> dict[str, list[tuple[float, float]]]:
+    """Reported (ratio, value) points per label for a robustness curve of ``protocol`` and ``metric`` (on
+    ``dataset``, when given: only tables that fit it; with ``methods``, only rows whose ``ours`` names one of them,
+    so a figure overlays the published curves of the methods it draws)."""
+    wanted = None if methods is None else set(methods)
     points: dict[str, list[tuple[float, float]]] = {}
     for t in tables:
         t = load_reported(t) if isinstance(t, str) else t
-        if t.protocol != _base(protocol) or t.metric_ours != metric:
+        if t.protocol != _base(protocol) or (dataset and not fits_dataset(t, dataset)):
             continue
         for row in t.rows:
-            pts = [(ratios[c], v / t.scale) for c, v in row.values.items() if c in ratios]
+            if wanted is not None and (row.ours or "").split(" ", 1)[0] not in wanted:
+                continue
+            pts = [(ratios[c], v / t.scale_of(metric)) for c, v in row.metrics.get(metric, {}).items() if c in ratios]
             if pts:
                 points[reported_label(row.method, t.id)] = sorted(pts)
     return points

@@ -3,7 +3,8 @@
 ``lnln``: LNLN's Table 2 (Zhang et al., NeurIPS 2024): the ``LNLN-Avg`` summary of ``random-missing`` (metrics
 averaged over r = 0.0 ... 0.9) for the whole metric set: MOSI/MOSEI Acc-7, Acc-5, Acc-2 and F1 as Has0 / Non0,
 MAE, Corr; CH-SIMS Acc-5, Acc-3, Acc-2, F1, MAE, Corr. Accuracies and F1 in percent (as the paper), MAE and Corr as
-they are; mean ± std over seeds of the per-seed averages.
+they are; mean ± std over seeds of the per-seed averages. Published rows attached with ``--reported`` (e.g.
+``lnln-2024-table2``) follow the measured ones, marked ‡ and ``reported``, at their ``LNLN-Avg`` values.
 """
 from __future__ import annotations
 
@@ -43,6 +44,25 @@ def _cell(row: pd.Series | None, percent: bool, digits: int) -> str:
     return text
 
 
+def _reported_lines(board: Leaderboard, dataset: str, protocol: str,
+                    columns: list[tuple[str, tuple[str, ...], bool]], digits: int) -> tuple[list[str], list[str]]:
+    """Table rows and caption sentences for the published rows of one dataset × protocol (see msabench.compare)."""
+    rep = getattr(board, "reported", None)
+    if rep is None or rep.empty:
+        return [], []
+    from msabench.compare import captions
+
+    rep = rep[(rep["dataset"] == dataset) & (rep["protocol"] == protocol) & (rep["condition"] == LNLN_SUMMARY)]
+    lines = []
+    for label in dict.fromkeys(rep["method"]):
+        values = rep[rep["method"] == label].set_index("metric")["mean"]
+        cells = [" / ".join(f"{values[m] * (100.0 if percent else 1.0):.{digits if percent else digits + 2}f}"
+                            if m in values.index else "–" for m in metrics) for _, metrics, percent in columns]
+        lines.append(f"| {label.replace('|', chr(92) + '|')} | " + " | ".join(cells) + " | reported |")
+    notes = [c for metric in dict.fromkeys(rep["metric"]) for c in captions(board, dataset, protocol, metric)]
+    return lines, list(dict.fromkeys(notes))
+
+
 def lnln_table(board: Leaderboard, digits: int = 2) -> str:
     """Markdown tables in LNLN's Table 2 layout, one per dataset × protocol that has an ``LNLN-Avg`` column."""
     t = board.table
@@ -65,8 +85,11 @@ def lnln_table(board: Leaderboard, digits: int = 2) -> str:
                 cells.append(" / ".join(parts))
             n = int(e["n"].max())
             lines.append(f"| {method.replace('|', chr(92) + '|')} | " + " | ".join(cells) + f" | {n} |")
+        reported, notes = _reported_lines(board, dataset, protocol, columns, digits)
+        lines += reported
         lines += ["", f"mean ± std (ddof=1) over seeds of each seed's average over r = 0.0 … 0.9 ({board.split} "
                   "split); accuracies and F1 in %, MAE and Corr as they are; one checkpoint per run, selected on "
                   "the validation split", ""]
+        lines += [" ".join(notes), ""] if notes else []
         out.append("\n".join(lines))
     return "\n".join(out).rstrip() + "\n"

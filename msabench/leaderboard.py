@@ -181,7 +181,7 @@ def seed_scores(rows: pd.DataFrame, metrics: list[str] | None = None, split: str
     rows["value"] = rows["value"].astype(float)
     for col in ("tag", "msabench_version", "method_package_version", "git_commit", "epochs"):
         if col in rows:
-            rows[col] = rows[col].fillna("").astype(str)
+            rows[col] = rows[col].astype(object).fillna("").astype(str)
 
     for name, fps in rows.groupby("dataset")["dataset_fingerprint"].unique().items():
         if len(fps) > 1:

@@ -85,7 +85,8 @@ def metric_name(scores: pd.DataFrame) -> str:
 def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None,
                      reported: list[Any] | None = None):
     """Metric vs missing ratio for one dataset × protocol × metric: a line per entry, ± 1 sd band across seeds;
-    ``reported`` tables (names or :class:`msabench.reported.ReportedTable`) add their points, marked reported.
+    ``reported`` tables (names or :class:`msabench.reported.ReportedTable`) add the points of the methods drawn
+    (a reported row's ``ours``), marked reported.
 
     ``scores`` are :func:`msabench.leaderboard.seed_scores` rows of one table whose conditions are ratios.
     """
@@ -108,7 +109,8 @@ def robustness_curve(scores: pd.DataFrame, colors: dict[str, Any] | None = None,
         from msabench.compare import overlay_points
 
         for label, pts in overlay_points(reported, str(scores["protocol_label"].iloc[0]), metric_name(scores),
-                                         layout.ratios).items():
+                                         layout.ratios, str(scores["dataset"].iloc[0]),
+                                         set(scores["method"].astype(str))).items():
             ax.plot(*zip(*pts), linestyle=":", marker="X", color="0.3", label=label)
     ax.set_xlabel("missing ratio r")
     ax.set_ylabel(metric)
@@ -188,7 +190,7 @@ def read_training_curves(paths: list[str | Path]) -> pd.DataFrame:
                                "by 'msabench run'")
     frame = pd.DataFrame(records)
     for col in ("tag", "msabench_version", "method_package_version", "epochs", "protocol_version"):
-        frame[col] = frame[col].fillna("").astype(str)
+        frame[col] = frame[col].astype(object).fillna("").astype(str)
     frame["protocol_label"] = _protocol_labels(frame)
     frame["entry"] = _entry_labels(frame)
     return frame

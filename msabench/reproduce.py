@@ -28,7 +28,7 @@ import torch
 from msabench.hardware import hardware_id, hardware_info, hardware_summary
 from msabench.plugins import DATASETS, METHODS
 from msabench.registry import split_spec
-from msabench.store import ResultsStore, read_rows_csv
+from msabench.store import ResultsStore
 
 DEFAULT_TOLERANCE = 1e-6
 KEY = ["split", "condition", "metric"]
@@ -355,7 +355,7 @@ def reproduce(runs_dir: str | Path, run_ids: list[str] | None = None, out: str |
     try:
         for r in chosen:
             info = infos[r]
-            original = read_rows_csv(source.runs_dir / r / "rows.csv")
+            original = source.run_rows(r)
             try:
                 outcome = reproduce_run(info, original, store, dataset, tolerance, threads, device,
                                         seed_spread(all_rows, info))

@@ -14,11 +14,8 @@ import logging
 import os
 import platform
 import random
-import subprocess
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,11 +25,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import msabench
+from msabench.backends import execute_all, parse_scheduler  # noqa: F401  (parse_scheduler: used by callers too)
+from msabench.backends import execute_in_worker as _execute_in_worker  # noqa: F401  (the workers' entry point)
 from msabench.data.base import MultimodalDataset
 from msabench.hardware import hardware_provenance
-from msabench.interrupts import children_ignore_sigint, ignore_sigint, sigint_noted, stop_when
-from msabench.masks import derive_seed, mask_hash
+from msabench.interrupts import sigint_noted, stop_when
+from msabench.masks import mask_hash
 from msabench.method import FitContext, Method
 from msabench.metrics import compute_metrics
 from msabench.outputs import WriteFailed
@@ -40,6 +38,9 @@ from msabench.params import param_defaults, params_hash, resolve_params
 from msabench.placement import PLACEMENTS, choose_placement, split_bytes
 from msabench.plugins import DATASETS, METHODS, PROTOCOLS, dataset_source
 from msabench.protocol import EvalProtocol
+from msabench.provenance import (  # noqa: F401  (re-exported: git_commit, source_commit for reproduce and tests)
+    ROW_COLUMNS, fitted_facts, git_commit, provenance, row_provenance, source_commit,
+)
 from msabench.registry import split_spec
 from msabench.store import ResultsStore, RunRecord
 
@@ -123,31 +124,6 @@ def set_deterministic() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-
-
-@functools.lru_cache(maxsize=1)
-def git_commit() -> str:
-    """HEAD of the git checkout msabench runs from, ``-dirty`` if its code (not its results) has local changes."""
-    import msabench.methods
-    import msabench.protocols
-
-    code = [Path(msabench.__file__).resolve().parent, Path(msabench.methods.__file__).resolve().parent,
-            Path(msabench.protocols.__file__).resolve().parent]
-    return source_commit(code)
-
-
-def source_commit(code: list[Path]) -> str:
-    """HEAD of the git checkout holding ``code`` (directories), with ``-dirty`` if a tracked file under them
-    changed; other files of the checkout (results, notes) do not count. Empty outside a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=code[0], capture_output=True, text=True, timeout=5)
-        if out.returncode == 0:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *map(str, code)],
-                                   cwd=code[0], capture_output=True, text=True, timeout=5).stdout.strip()
-            return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return ""
 
 
 def seed_everything(seed: int) -> None:
@@ -271,12 +247,6 @@ def prediction_frame(split: str, condition: str, ids: list[str], labels: np.ndar
     return frame
 
 
-def fitted_facts(method: Method) -> dict[str, Any]:
-    """Scalar fitted attributes (scikit-learn's trailing underscore), e.g. GCNet's ``conversation_mode_``."""
-    return {k: v for k, v in vars(method).items()
-            if k.endswith("_") and not k.startswith("_") and isinstance(v, (str, int, float, bool))}
-
-
 def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset | None = None) -> RunRecord:
     """Train, evaluate under every condition, and package rows + provenance (stored by the caller)."""
     if options.deterministic:
@@ -316,81 +286,6 @@ def execute_run(spec: RunSpec, options: ExecOptions, dataset: MultimodalDataset 
         preds.insert(0, "run_id", spec.key)
     state = method.inference_state() if options.save_model else None
     return RunRecord(key=spec.key, info=info, rows=frame, predictions=preds, model_state=state)
-
-
-def provenance(spec: RunSpec, dataset: MultimodalDataset, protocol: EvalProtocol, device: torch.device,
-               started: datetime, finished: datetime, train_seconds: float) -> dict[str, Any]:
-    m_info = METHODS.info(spec.method)
-    p_info = PROTOCOLS.info(spec.protocol)
-    d_name, _ = split_spec(spec.dataset, DATASETS)
-    d_info = DATASETS.info(d_name)
-    return {
-        "run_id": spec.key,
-        "tag": spec.tag,
-        "method": spec.method,
-        "method_package": m_info.package,
-        "method_package_version": m_info.version,
-        "params": spec.params,
-        "params_hash": params_hash(spec.params),
-        "dataset": spec.dataset,
-        "dataset_options": spec.dataset_options,
-        "dataset_name": dataset.name,
-        "dataset_fingerprint": dataset.fingerprint,
-        "dataset_package": d_info.package,
-        "dataset_package_version": d_info.version,
-        "task": dataset.task.metric_set,
-        "protocol": spec.protocol,
-        "protocol_version": protocol.version,
-        "protocol_params": protocol.get_params(),
-        "protocol_package": p_info.package,
-        "protocol_package_version": p_info.version,
-        "training_recipe": protocol.training_schedule(dataset.train, spec.seed, dataset.fingerprint).recipe,
-        "seed": spec.seed,
-        "epochs": spec.params.get("epochs", spec.epochs),
-        "msabench_version": msabench.__version__,
-        "git_commit": git_commit(),
-        "torch_version": torch.__version__,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "started": started.isoformat(),
-        "finished": finished.isoformat(),
-        "train_seconds": round(train_seconds, 6),
-    }
-
-
-ROW_COLUMNS = [
-    "run_id", "tag", "method", "method_package", "method_package_version", "params", "params_hash", "dataset",
-    "dataset_fingerprint", "task", "protocol", "protocol_version", "protocol_params", "protocol_package",
-    "protocol_package_version", "seed", "epochs", "msabench_version", "git_commit", "torch_version", "device",
-    "started", "finished", "train_seconds", "hardware_id",
-]
-
-
-def row_provenance(info: dict[str, Any]) -> dict[str, Any]:
-    """The ROW_COLUMNS values of a run (dicts as sorted JSON)."""
-    out = {}
-    for col in ROW_COLUMNS:
-        value = info[col]
-        out[col] = json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
-    return out
-
-
-def _execute_in_worker(spec: RunSpec, options: ExecOptions, load_as: str | None = None,
-                       shared: str | None = None) -> RunRecord:
-    """A run in a worker process: one torch thread unless ``options.threads`` says otherwise; only computes.
-    ``shared``: the parent's copy of the dataset (msabench.data.shared), mapped instead of loaded again."""
-    torch.set_num_threads(options.threads or 1)
-    from tqdm.std import tqdm as std_tqdm
-
-    if not hasattr(std_tqdm, "_lock"):  # a thread lock, not a semaphore that a stopped worker would leak
-        std_tqdm.set_lock(threading.RLock())
-    if shared is not None:
-        from msabench.data.shared import load_shared_cached
-
-        dataset = load_shared_cached(shared)
-    else:
-        dataset = load_dataset_cached(load_as or spec.dataset, spec.dataset_options)
-    return execute_run(spec, options, dataset)
 
 
 # a grid -------------------------------------------------------------------------------------------------------
@@ -474,23 +369,6 @@ def plan(request: RunRequest) -> tuple[list[RunSpec], dict[str, MultimodalDatase
     return list(specs.values()), datasets
 
 
-def parse_scheduler(scheduler: str) -> tuple[str, int | str]:
-    """``local`` / ``local:N`` → ("local", N); ``tcp://HOST:PORT`` (or another Dask address) → ("address", it)."""
-    text = scheduler.strip()
-    if text == "local" or text.startswith("local:"):
-        _, _, n = text.partition(":")
-        try:
-            workers = int(n) if n else 2
-        except ValueError:
-            workers = 0
-        if workers < 1:
-            raise RunError(f"--scheduler {scheduler!r}: use local:N with N >= 1 workers, or tcp://HOST:8786")
-        return "local", workers
-    if "://" in text or (":" in text and text.rsplit(":", 1)[1].isdigit()):
-        return "address", text
-    raise RunError(f"--scheduler {scheduler!r} is not a Dask address: use tcp://HOST:8786 or local:N")
-
-
 def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: ExecOptions | None = None,
              workers: int = 1, scheduler: str | None = None) -> pd.DataFrame:
     """Carry out ``request``; finished runs already in ``out`` are skipped. Returns all rows in ``out``.
@@ -523,7 +401,7 @@ def run_grid(request: RunRequest, out: str | os.PathLike = "runs", options: Exec
     failed: list[tuple[RunSpec, BaseException]] = []
     bar = tqdm(total=len(todo), desc="runs", unit="run", disable=not options.progress or not todo)
     last_rebuild = time.monotonic()
-    outcomes = _execute_all(todo, options, datasets, workers, scheduler)
+    outcomes = execute_all(todo, options, datasets, workers, scheduler, execute_run)
     try:
         with sigint_noted() as pressed:
             for spec, record, error in stop_when(outcomes, pressed):
@@ -575,110 +453,6 @@ def _kept_note(store: ResultsStore, specs: list[RunSpec], before: int, out: str 
     new = max(stored - before, 0)
     return (f"{new} run{'s' if new != 1 else ''} finished and {'were' if new != 1 else 'was'} kept in {out} "
             f"({stored} of {len(specs)} runs of this grid are stored)")
-
-
-Outcome = tuple[RunSpec, "RunRecord | None", "BaseException | None"]
-
-
-def _execute_all(todo: list[RunSpec], options: ExecOptions, datasets: dict[str, MultimodalDataset],
-                 workers: int, scheduler: str | None) -> Iterable[Outcome]:
-    """Run each spec in process, in a local process pool or on Dask; yield (spec, record, error) as they end."""
-    if not todo:
-        return
-    if scheduler:
-        yield from _execute_dask(todo, options, scheduler)
-    elif workers > 1 and len(todo) > 1:
-        yield from _execute_pool(todo, options, workers, datasets)
-    else:
-        for spec in todo:
-            try:
-                record = execute_run(spec, options, datasets.get(spec.dataset))
-            except Exception as exc:  # noqa: BLE001 - reported, the other runs go on
-                yield spec, None, exc
-            else:
-                yield spec, record, None
-
-
-def _worker_options(options: ExecOptions) -> ExecOptions:
-    return ExecOptions(**{**asdict(options), "progress": False})
-
-
-def _execute_pool(todo: list[RunSpec], options: ExecOptions, workers: int,
-                  datasets: dict[str, MultimodalDataset] | None = None) -> Iterable[Outcome]:
-    """Runs in local worker processes; the datasets this process loaded are written once to a temporary directory
-    and memory-mapped by every worker (one copy in the page cache instead of one per worker)."""
-    import multiprocessing
-    import tempfile
-
-    from msabench.data.shared import save_shared
-
-    worker_opts = _worker_options(options)
-    tmp = tempfile.TemporaryDirectory(prefix="msabench-shared-")
-    shared = {name: save_shared(ds, Path(tmp.name) / str(i)) for i, (name, ds) in enumerate((datasets or {}).items())}
-    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
-                               initializer=ignore_sigint)
-    completed = False
-    try:
-        futures = {pool.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset),
-                               shared.get(s.dataset)): s
-                   for s in todo}
-        for fut in as_completed(futures):
-            try:
-                yield futures[fut], fut.result(), None
-            except Exception as exc:  # noqa: BLE001
-                yield futures[fut], None, exc
-        completed = True
-    finally:
-        if not completed:  # Ctrl-C, or the caller stopped (a store write failed): end the running runs now
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        tmp.cleanup()
-
-
-def _execute_dask(todo: list[RunSpec], options: ExecOptions, scheduler: str) -> Iterable[Outcome]:
-    """Send each run to a Dask cluster (``tcp://HOST:PORT``) or a LocalCluster (``local:N``); results come back
-    to this process, which alone writes the store."""
-    try:
-        from dask.distributed import Client, LocalCluster
-        from dask.distributed import as_completed as dask_as_completed
-    except ImportError:
-        raise RunError("--scheduler needs dask.distributed: pip install 'dask[distributed]'") from None
-
-    kind, target = parse_scheduler(scheduler)
-    worker_opts = _worker_options(options)
-    cluster = None
-    try:
-        if kind == "local":
-            with children_ignore_sigint():
-                cluster = LocalCluster(n_workers=int(target), threads_per_worker=1, processes=True,
-                                       dashboard_address=None)
-            client = Client(cluster)
-        else:
-            client = Client(str(target), timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        if cluster is not None:
-            cluster.close()
-        raise RunError(f"cannot reach the Dask scheduler at {scheduler}: {exc}. Start one (dask scheduler, or "
-                       f"a dask-jobqueue cluster) and pass its address, or use --scheduler local:N") from None
-    futures = {}
-    try:
-        for s in todo:
-            fut = client.submit(_execute_in_worker, s, worker_opts, absolute_dataset_spec(s.dataset),
-                                key=f"msabench-run-{s.key}", pure=False, retries=0)
-            futures[fut.key] = (fut, s)
-        for fut in dask_as_completed([f for f, _ in futures.values()]):
-            spec = futures[fut.key][1]
-            try:
-                yield spec, fut.result(), None
-            except Exception as exc:  # noqa: BLE001
-                yield spec, None, exc
-            fut.release()
-    finally:
-        client.cancel([f for f, _ in futures.values()])
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def summary_table(rows: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:

@@ -7,16 +7,20 @@ Layout under ``DIR``::
     runs/<run key>/predictions.csv   per-sample predictions (with --save-predictions)
     runs/<run key>/model.pt          the inference model (with --save-model)
     results.csv                      every run's rows (rebuilt from runs/; Parquet too with `pip install msabench[parquet]`)
+    rows.csv.gz                      a packed store (``msabench pack``): every run's rows once, compressed; its runs
+                                     keep run.json (and predictions/model) but no rows.csv, and results.csv is gone
 
 A run is stored by writing a hidden temporary directory and renaming it into place, so a killed process
 (even ``kill -9``) leaves either the whole run or nothing. A run directory counts only once its ``run.json``
 exists (written last). Everything downstream reads only this store; ``runs/`` is the source of truth and
-``results.csv`` can always be rebuilt from it. A failed write (full disk, no permission, ...) raises
+``results.csv`` can always be rebuilt from it. A packed store (published studies) reads the same: a run's rows
+come from its ``rows.csv`` if it has one (a run added after packing), else from ``rows.csv.gz``. A failed write (full disk, no permission, ...) raises
 :class:`StoreWriteFailed` and leaves no temporary behind; temporaries of ended processes are removed by
 :meth:`ResultsStore.ensure_writable`, which every command writing a store calls first.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -37,6 +41,7 @@ __all__ = ["ResultsStore", "RunRecord", "StoreError", "StoreWriteFailed", "pid_a
 # a temporary run directory is named .tmp-<key>-<host>-<pid>-<random>; one whose writer is gone is cleaned up
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 24 * 3600  # tmp dirs of another host are removed only after this long
+PACKED_ROWS = "rows.csv.gz"  # every run's rows in one compressed file (ResultsStore.pack)
 
 
 class StoreError(OSError):
@@ -78,6 +83,12 @@ def _tmp_is_stale(path: Path, now: float | None = None) -> bool:
     return age > STALE_TMP_SECONDS
 
 
+def _write_gzip(path: Path, data: bytes) -> None:
+    """gzip ``data`` into ``path`` without a file name or time in the header: the same rows give the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz:
+        gz.write(data)
+
+
 def _torch_save(state: Any, path: Path) -> None:
     """``torch.save`` through a Python file, so that a full disk raises ``OSError`` (not a RuntimeError)."""
     import torch
@@ -106,6 +117,7 @@ class ResultsStore:
         self.root = Path(root)
         self.runs_dir = self.root / "runs"
         self._rows_cache: dict[str, pd.DataFrame] = {}
+        self._packed: dict[str, pd.DataFrame] | None = None
 
     def ensure_writable(self) -> None:
         """Create the directory and check that it can be written; a clear error if not. Cleans stale tmp dirs."""
@@ -189,16 +201,60 @@ class ResultsStore:
         files.append(("run.json", lambda p: p.write_text(json.dumps(record.info, indent=2, default=str))))
         return files
 
+    @property
+    def packed_path(self) -> Path:
+        """Where a packed store keeps every run's rows (see :meth:`pack`)."""
+        return self.root / PACKED_ROWS
+
+    def _packed_rows(self) -> dict[str, pd.DataFrame]:
+        """The packed rows by run key (empty if the store is not packed); read once."""
+        if self._packed is None:
+            self._packed = {}
+            if self.packed_path.exists():
+                frame = read_rows_csv(self.packed_path)
+                self._packed = {str(k): g.reset_index(drop=True) for k, g in frame.groupby("run_id", sort=False)}
+        return self._packed
+
+    def run_rows(self, key: str) -> pd.DataFrame:
+        """The long rows of the stored run ``key``: its ``rows.csv``, or its part of the packed file."""
+        if key not in self._rows_cache:
+            path = self.runs_dir / key / "rows.csv"
+            if path.exists():
+                self._rows_cache[key] = read_rows_csv(path)
+            elif key in self._packed_rows():
+                self._rows_cache[key] = self._packed_rows()[key]
+            else:
+                raise StoreError(f"run {key} in {self.root} has run.json but no rows (no rows.csv and not in "
+                                 f"{PACKED_ROWS}); delete runs/{key} and rerun the same command to redo it")
+        return self._rows_cache[key]
+
     def rows(self) -> pd.DataFrame:
-        """All stored rows (from the per-run files, the source of truth); each run's file is read once."""
-        keys = sorted(self.keys())
-        for key in keys:
-            if key not in self._rows_cache:
-                self._rows_cache[key] = read_rows_csv(self.runs_dir / key / "rows.csv")
-        frames = [self._rows_cache[k] for k in keys]
+        """All stored rows (from the per-run files or the packed file, the source of truth); each read once."""
+        frames = [self.run_rows(k) for k in sorted(self.keys())]
         if not frames:
             return pd.DataFrame()
         return pd.concat(frames, ignore_index=True)
+
+    def pack(self) -> Path:
+        """Store every run's rows once: write ``rows.csv.gz`` (rows sorted by run key, as :meth:`rows` gives them),
+        then remove the per-run ``rows.csv`` files and ``results.csv``/``results.parquet``, which it replaces.
+
+        Reading the store gives the same rows before and after. Interrupted, it leaves a consistent store: the
+        packed file is written atomically before anything is removed. Runs added later keep their own
+        ``rows.csv`` until the next pack; ``rebuild_results`` writes ``results.csv`` again (a pack removes it).
+        """
+        rows = self.rows()
+        if rows.empty:
+            raise StoreError(f"nothing to pack in {self.root}: no finished runs under {self.runs_dir}")
+        atomic_write(self.packed_path, lambda tmp: _write_gzip(tmp, rows.to_csv(index=False).encode("utf-8")),
+                     error=StoreWriteFailed)
+        self._packed = None
+        with writing(self.root, error=StoreWriteFailed):
+            for key in self.keys():
+                (self.runs_dir / key / "rows.csv").unlink(missing_ok=True)
+            for name in ("results.csv", "results.parquet"):
+                (self.root / name).unlink(missing_ok=True)
+        return self.packed_path
 
     def run_info(self, key: str) -> dict[str, Any]:
         """The ``run.json`` of a stored run."""

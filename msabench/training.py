@@ -290,7 +290,7 @@ class TorchMethod(Method):
         tr = self.prepare(train)
         va = self.prepare(valid)
         valid_masks = context.valid_masks or {"complete": va.split.padding_mask()}
-        copy_valid = len(valid_masks) * split_bytes(va.split) <= VALID_COPY_BYTES  # else masked per batch (same values)
+        copy_valid = copy_validation(len(valid_masks), split_bytes(va.split), split_bytes(tr.split))
         valid_sets = {name: va.with_mask_applied(mask, copy_valid) for name, mask in valid_masks.items()}  # masked once
         del va
         params = params if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -353,10 +353,11 @@ class TorchMethod(Method):
     def eval_batches(self, split: Split) -> list[torch.Tensor | slice]:
         """Index tensors or slices covering every sample once, for prediction (order does not matter).
 
-        The default is contiguous slices, so evaluation batches are views, not copies.
+        The default is contiguous slices, so evaluation batches are views, not copies: 256 samples (or the training
+        batch size if larger), fewer for long sequences, :func:`eval_batch_size`.
         """
         n = len(split)
-        step = max(self.batch_size, 256)
+        step = eval_batch_size(self.batch_size, max(split.seq_lens().values(), default=1))
         return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
     def make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
@@ -428,9 +429,32 @@ class TorchMethod(Method):
         return {"model": self.model_.state_dict(), "scaler": self.scaler_}
 
 
+EVAL_BATCH = 256  # samples per evaluation batch for sequences of at most EVAL_TOKENS // EVAL_BATCH frames
+EVAL_TOKENS = 256 * 64  # frames per modality in one evaluation batch beyond that (attention is quadratic in T)
+
+
+def eval_batch_size(train_batch: int, longest: int) -> int:
+    """Samples per evaluation batch: 256 for sequences up to 64 frames (every published study), fewer for longer
+    ones so that a batch holds about 16k frames per modality (unaligned MOSEI, T = 500: 32 instead of 256, whose
+    attention scores alone took 2 GB), never fewer than the training batch, which fits by construction."""
+    return max(train_batch, min(EVAL_BATCH, EVAL_TOKENS // max(longest, 1)))
+
+
 # feature standardisation fitted on the train split -------------------------------------------------------------------
 EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is standardised once up to this size
-VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all
+VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all,
+VALID_COPY_SHARE = 0.25  # and up to this share of the train + valid feature bytes,
+VALID_COPY_FLOOR = 128 * 2**20  # except that copies this small in all are always made (small sets validate fast)
+
+
+def copy_validation(n_conditions: int, valid_bytes: int, train_bytes: int) -> bool:
+    """Whether to keep one masked copy of the validation split per validation condition (else each condition's
+    mask is applied per batch: the same scores). Copies are made while they total at most
+    ``min(VALID_COPY_BYTES, max(VALID_COPY_FLOOR, VALID_COPY_SHARE * (train + valid bytes)))``, so that memory
+    stays near the data's size on large sets and small sets keep their faster validation."""
+    total = n_conditions * valid_bytes
+    budget = min(VALID_COPY_BYTES, max(VALID_COPY_FLOOR, VALID_COPY_SHARE * (train_bytes + valid_bytes)))
+    return total <= budget
 SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 

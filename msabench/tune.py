@@ -650,6 +650,13 @@ def prepare(request: TuneRequest, options: ExecOptions | None = None) -> list[_T
             for m in request.methods]
 
 
+def config_names(request: TuneRequest, method: str) -> list[str]:
+    """``METHOD.best.yaml`` (the latest study of the method); with an explicit ``--study`` also
+    ``STUDY-METHOD.best.yaml``, so that two studies of one method tuned into the same directory (e.g. CorrKD with
+    and without distillation) keep both best configs."""
+    return [f"{method}.best.yaml"] + ([f"{request.study_name(method)}.best.yaml"] if request.study else [])
+
+
 def tune(request: TuneRequest, options: ExecOptions | None = None, progress: bool = True,
          targets: list[_Target] | None = None) -> list[TuneResult]:
     """Tune every method of ``request`` with the same budget; write ``{out}/{method}.best.yaml``; with
@@ -670,7 +677,8 @@ def tune(request: TuneRequest, options: ExecOptions | None = None, progress: boo
             log.warning("%s: no complete trial, so no best configuration", result.study)
         else:
             config = best_config(target, result, request)
-            result.config_path = write_config(config, Path(request.out) / f"{target.method}.best.yaml", result)
+            for name in reversed(config_names(request, target.method)):  # config_path: METHOD.best.yaml
+                result.config_path = write_config(config, Path(request.out) / name, result)
             if request.final_seeds:
                 final_options = ExecOptions(device=options.device, amp=options.amp, threads=options.threads,
                                             deterministic=options.deterministic, progress=progress)
@@ -744,7 +752,7 @@ def add_command(subparsers: "argparse._SubParsersAction") -> None:
                     "validation split only. Every method gets the same trial budget and epoch cap (one study per "
                     "method, named STUDY-METHOD). Run the same command again to resume; run it in several "
                     "processes or machines against one storage to share one global budget. Writes "
-                    "OUT/METHOD.best.yaml for 'msabench run --config'.")
+                    "OUT/METHOD.best.yaml (and OUT/STUDY-METHOD.best.yaml with --study) for 'msabench run --config'.")
     p.add_argument("--method", required=True, help="method name(s), comma-separated; each gets the same budget")
     p.add_argument("--protocol", required=True, help="missingness protocol (validation conditions score trials)")
     p.add_argument("--dataset", required=True, help="dataset name or FORMAT:PATH")

@@ -105,6 +105,9 @@ stage_tables() {
   # the static site (open results/site/index.html): tables with the published rows of msabench/reported/, figures,
   # provenance and commands
   msabench report results/mosi-utterance results/synthetic-mosi results/synthetic-iemocap --out results/site
+  # publish each study's rows once (rows.csv.gz) instead of per-run rows.csv + results.csv; a resumed stage above
+  # reads packed and new runs alike
+  msabench pack results/mosi-utterance results/synthetic-mosi results/synthetic-iemocap
 }
 
 stages=("$@")

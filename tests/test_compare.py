@@ -60,7 +60,7 @@ def test_markdown_marks_reported_rows_and_says_what_differs():
     line = next(ln for ln in text.splitlines() if ln.startswith("| HRLF"))
     assert "‡ (reported, hrlf-2024-table1)" in line and "**" not in line and "±" not in line
     assert "0.8336" in line and "0.7674" in line and line.rstrip().endswith("| reported |")
-    assert "NeurIPS 2024, Table 1, p. 7" in text and "never bolded or tested" in text
+    assert "NeurIPS 2024, Table 1 (MOSI half), p. 8" in text and "never bolded or tested" in text
     assert "their data: mosi" in text and "model selection" in text
 
 
@@ -69,7 +69,10 @@ def test_csv_has_a_source_column():
     assert set(frame["source"]) == {"measured", "reported:hrlf-2024-table1"}
     rep = frame[frame["source"] != "measured"]
     assert not rep["best"].any() and rep["p_value"].isna().all()
-    assert rep.loc[rep["condition"] == "{l}", "mean"].tolist() == pytest.approx([0.8336, 0.8120])
+    first = rep[rep["condition"] == "{l}"].set_index("method")["mean"]
+    assert first["HRLF ‡ (reported, hrlf-2024-table1)"] == pytest.approx(0.8336)
+    assert first["CorrKD ‡ (reported, hrlf-2024-table1)"] == pytest.approx(0.8120)
+    assert first["Self-MM ‡ (reported, hrlf-2024-table1)"] == pytest.approx(0.6780)  # HRLF Table 1, first MOSI row
     plain = pd.read_csv(io.StringIO(render(build_leaderboard(measured()), "csv")))
     assert "source" not in plain  # the published CSV format is unchanged without --reported
 
@@ -106,7 +109,9 @@ metric_ours: Non0_F1
 scale: 100
 conditions: ["0.0", "0.5", "1.0"]
 rows:
-  - {method: P, values: {"0.0": 80.0, "0.5": 70.0}, verified: by hand}
+  - {method: P, ours: alpha, values: {"0.0": 80.0, "0.5": 70.0}, verified: by hand}
+  - {method: Q, ours: not-measured, values: {"0.0": 50.0}, verified: by hand}
+  - {method: R, values: {"0.0": 40.0}, verified: by hand}
 """)
 
 
@@ -114,11 +119,17 @@ def test_overlay_points_and_curve(rows):  # noqa: F811 - the fixture
     table = parse_table(LNLN_LIKE, "curve")
     ratios = {f"{0.1 * i:.1f}": 0.1 * i for i in range(11)}
     assert overlay_points([table], "random-missing", "Non0_F1", ratios) == {
-        "P ‡ (reported, curve)": [(0.0, 0.8), (0.5, 0.7)]}
+        "P ‡ (reported, curve)": [(0.0, 0.8), (0.5, 0.7)], "Q ‡ (reported, curve)": [(0.0, 0.5)],
+        "R ‡ (reported, curve)": [(0.0, 0.4)]}
+    # a figure overlays only the published rows of the methods it draws
+    assert list(overlay_points([table], "random-missing", "Non0_F1", ratios, methods={"alpha", "beta"})) == [
+        "P ‡ (reported, curve)"]
+    assert overlay_points([table], "random-missing", "Non0_F1", ratios, "synthetic-mosei") == {}  # a MOSI table
     assert overlay_points([table], "random-missing", "MAE", ratios) == {}
     scores = seed_scores(rows)
     fig = robustness_curve(scores[scores["protocol"] == "random-missing"], reported=[table])
     ax = fig.axes[0]
+    assert [ln.get_label() for ln in ax.get_lines() if "‡" in ln.get_label()] == ["P ‡ (reported, curve)"]
     line = next(ln for ln in ax.get_lines() if ln.get_label().startswith("P ‡"))
     np.testing.assert_allclose(line.get_xdata(), [0.0, 0.5])
     np.testing.assert_allclose(line.get_ydata(), [0.8, 0.7])
@@ -133,3 +144,57 @@ def test_plot_without_kind_draws_every_figure_that_applies(tmp_path, rows, capsy
                      "training-ds-random-missing.png"]
     expected = set(make_figures("curves", [tmp_path / "runs"])) | set(make_figures("heatmap", [tmp_path / "runs"]))
     assert expected <= {n[:-4] for n in names}
+
+
+def test_dataset_family_keeps_mosei_rows_out_of_mosi_tables():
+    from msabench.compare import dataset_family
+
+    names = {"mosi-utterance": "mosi", "synthetic-mosei": "mosei", "CMU-MOSI": "mosi", "ch-sims": "sims",
+             "iemocap": "iemocap", "ds": None, "synthetic-small": None, "mmsa:mosi_bert.pkl": "mosi",
+             "mmsa:../shared/data/mosi-utterance/mosi_utterance.pkl": "mosi", "mmsa:/data/MOSEI/aligned_50.pkl": "mosei",
+             "mmsa:/data/mosi/mosei_bert.pkl": "mosei", "mosiac": None}
+    assert {n: dataset_family(n) for n in names} == names
+    frames = [run_rows("corrkd", s, {c: 0.6 for c in MODALITY}, dataset="mosi-utterance") for s in (1, 2)]
+    board = attach_reported(build_leaderboard(pd.concat(frames)), ["hrlf-2024-table1", "hrlf-2024-table1-mosei"])
+    assert set(board.reported["source"]) == {"hrlf-2024-table1"}
+    # a data set that names no benchmark (synthetic, custom) gets both, each labelled by its table
+    board = attach_reported(build_leaderboard(measured()), ["hrlf-2024-table1", "hrlf-2024-table1-mosei"])
+    assert set(board.reported["source"]) == {"hrlf-2024-table1", "hrlf-2024-table1-mosei"}
+    hrlf = board.reported[board.reported["method"] == "HRLF ‡ (reported, hrlf-2024-table1-mosei)"]
+    assert hrlf.set_index("condition")["mean"]["Avg"] == pytest.approx(0.7563)  # HRLF Table 1, MOSEI half
+
+
+def test_per_emotion_rows_join_the_per_emotion_tables():
+    values = {c: 0.5 for c in MODALITY}
+    frames = [run_rows("hrlf", s, values, metric="Happy_F1", task="iemocap", dataset="iemocap",
+                       extra={"Sad_F1": values, "Mean_F1": values}) for s in (1, 2)]
+    board = attach_reported(build_leaderboard(pd.concat(frames), ["Happy_F1", "Sad_F1", "Mean_F1"]),
+                            ["hrlf-2024-table2"])
+    rep = board.reported
+    assert set(rep["metric"]) == {"Happy_F1", "Sad_F1"}  # the paper gives no mean over emotions
+    cell = rep[(rep["method"] == "HRLF ‡ (reported, hrlf-2024-table2)") & (rep["metric"] == "Sad_F1")
+               & (rep["condition"] == "{l}")]
+    assert cell["mean"].item() == pytest.approx(0.837)  # HRLF Table 2: sad, {l} = 83.7
+
+
+def test_lnln_layout_shows_reported_rows_in_its_columns(tmp_path, capsys):
+    from msabench.layouts import lnln_table
+    from tests.test_layouts import MOSI_METRICS, rows_for, write_store
+
+    rows = pd.concat([rows_for("A", s, 0.8) for s in (1, 2)])
+    board = attach_reported(build_leaderboard(rows, MOSI_METRICS), ["lnln-2024-table2"])
+    md = lnln_table(board)
+    line = next(x for x in md.splitlines() if x.startswith("| LNLN ‡"))
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    # LNLN Table 2, MOSI: Acc-7 34.26, Acc-5 38.27, Acc-2 72.55 (neg/pos) / 70.94 (neg/non-neg), F1 72.73 / 71.25,
+    # MAE 1.046, Corr 0.527 -- shown in the layout's Has0 / Non0 order
+    assert cells == ["LNLN ‡ (reported, lnln-2024-table2)", "34.26", "38.27", "70.94 / 72.55", "71.25 / 72.73",
+                     "1.0460", "0.5270", "reported"]
+    assert md.count("(reported, lnln-2024-table2)") == 8  # every method of the table
+    assert "Towards Robust Multimodal Sentiment Analysis with Incomplete Data" in md and "MAE ÷ 1" in md
+    measured_line = next(x for x in md.splitlines() if x.startswith("| A |"))
+    assert "±" in measured_line and "reported" not in measured_line
+
+    write_store(tmp_path / "runs", rows)
+    assert main(["leaderboard", str(tmp_path / "runs"), "--layout", "lnln", "--reported", "lnln-2024-table2"]) == 0
+    assert capsys.readouterr().out == md

@@ -270,6 +270,7 @@ def test_validation_copies_only_below_the_budget(monkeypatch):
     scores = {}
     for budget in (2**40, 0):
         monkeypatch.setattr(training, "VALID_COPY_BYTES", budget)
+        monkeypatch.setattr(training, "VALID_COPY_FLOOR", budget)
         from msabench.methods.late_fusion import LateFusion
         from msabench.method import FitContext
         from msabench.plugins import PROTOCOLS
@@ -282,3 +283,26 @@ def test_validation_copies_only_below_the_budget(monkeypatch):
         scores[budget] = method.training_curve()
     assert made == [True] * 7 + [False] * 7
     assert scores[2**40] == scores[0]  # the same validation scores either way
+
+
+def test_validation_copy_budget_by_hand():
+    from msabench.training import copy_validation
+
+    mib = 2**20
+    # small sets always copy (7 x 14 MiB = 98 MiB <= the 128 MiB floor), whatever the share says
+    assert copy_validation(7, 14 * mib, 90 * mib)
+    # MOSEI unaligned at 10 %: 7 x 69 MiB = 483 MiB > max(128, 0.25 x (650 + 69) = 179.75) MiB -> masked per batch
+    assert not copy_validation(7, 69 * mib, 650 * mib)
+    # a large train split lifts the share, but never above 512 MiB in all
+    assert copy_validation(7, 69 * mib, 2000 * mib)  # 483 <= min(512, 517.25)
+    assert not copy_validation(8, 69 * mib, 4000 * mib)  # 552 > 512
+
+
+def test_evaluation_batches_shrink_for_long_sequences():
+    from msabench.training import eval_batch_size
+
+    assert eval_batch_size(128, 50) == 256  # MOSI-like: 16384 // 50 = 327, capped at 256 as before
+    assert eval_batch_size(16, 500) == 32  # unaligned MOSEI: 16384 // 500 = 32
+    assert eval_batch_size(64, 500) == 64  # never below the training batch
+    assert eval_batch_size(8, 20000) == 8
+    assert eval_batch_size(16, 1) == 256

@@ -27,10 +27,12 @@ RUN = ["run", "--method", "late-fusion", "--protocol", "modality-missing", "--se
 @pytest.fixture(scope="module", autouse=True)
 def clean_commit():
     """Same code for the original and the reproduction, whatever state the checkout is in."""
+    import msabench.provenance
     import msabench.runner
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(msabench.runner, "git_commit", lambda: COMMIT)
+        mp.setattr(msabench.provenance, "git_commit", lambda: COMMIT)  # what run.json records
+        mp.setattr(msabench.runner, "git_commit", lambda: COMMIT)  # what reproduce compares it with
         yield
 
 

@@ -382,3 +382,15 @@ def test_the_trial_value_is_the_last_stage_best():
     curve = [{"epoch": i, "valid_score": v, "stage": st} for i, (st, v) in enumerate(stages)]
     assert tune_mod.selected_score(curve, []) == -0.7
     assert tune_mod.selected_score([], [-1.0, float("-inf"), -0.4, -0.6]) == -0.4
+
+
+def test_two_studies_of_one_method_in_one_directory_keep_both_best_configs(tmp_path):
+    common = dict(methods=["late-fusion"], dataset="synthetic-small", protocol="random-missing", trials=1, epochs=1,
+                  pruner="none", out=str(tmp_path))
+    tune(TuneRequest(**common, study="wide", params={"hidden": 16}), progress=False)
+    tune(TuneRequest(**common, study="narrow", params={"hidden": 4}), progress=False)
+    wide = yaml.safe_load((tmp_path / "wide-late-fusion.best.yaml").read_text())
+    narrow = yaml.safe_load((tmp_path / "narrow-late-fusion.best.yaml").read_text())
+    assert (wide["study"], wide["params"]["hidden"]) == ("wide-late-fusion", 16)
+    assert (narrow["study"], narrow["params"]["hidden"]) == ("narrow-late-fusion", 4)
+    assert yaml.safe_load((tmp_path / "late-fusion.best.yaml").read_text()) == narrow  # the latest study's
