@@ -14,9 +14,10 @@ A run is stored by writing a hidden temporary directory and renaming it into pla
 (even ``kill -9``) leaves either the whole run or nothing. A run directory counts only once its ``run.json``
 exists (written last). Everything downstream reads only this store; ``runs/`` is the source of truth and
 ``results.csv`` can always be rebuilt from it. A packed store (published studies) reads the same: a run's rows
-come from its ``rows.csv`` if it has one (a run added after packing), else from ``rows.csv.gz``. A failed write (full disk, no permission, ...) raises
-:class:`StoreWriteFailed` and leaves no temporary behind; temporaries of ended processes are removed by
-:meth:`ResultsStore.ensure_writable`, which every command writing a store calls first.
+come from its ``rows.csv`` if it has one (a run added after packing), else from ``rows.csv.gz``. A failed write
+(full disk, no permission, ...) raises :class:`StoreWriteFailed` and leaves no temporary behind; temporaries of
+ended processes are removed by :meth:`ResultsStore.ensure_writable`, which every command writing a store calls
+first.
 """
 from __future__ import annotations
 

@@ -445,6 +445,7 @@ EVAL_COPY_BYTES = 256 * 2**20  # a split evaluated under many conditions is stan
 VALID_COPY_BYTES = 512 * 2**20  # masked validation copies (one per validation condition) up to this size in all,
 VALID_COPY_SHARE = 0.25  # and up to this share of the train + valid feature bytes,
 VALID_COPY_FLOOR = 128 * 2**20  # except that copies this small in all are always made (small sets validate fast)
+SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 
 def copy_validation(n_conditions: int, valid_bytes: int, train_bytes: int) -> bool:
@@ -455,7 +456,6 @@ def copy_validation(n_conditions: int, valid_bytes: int, train_bytes: int) -> bo
     total = n_conditions * valid_bytes
     budget = min(VALID_COPY_BYTES, max(VALID_COPY_FLOOR, VALID_COPY_SHARE * (train_bytes + valid_bytes)))
     return total <= budget
-SCALER_EXACT_BYTES = 256 * 2**20  # above this a modality's statistics are accumulated in chunks (no split copy)
 
 
 def fit_scaler(train: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
