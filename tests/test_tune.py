@@ -21,6 +21,7 @@ import yaml
 from optuna.trial import TrialState
 
 from msabench import tune as tune_mod
+from msabench import tune_storage
 from msabench.cli import load_config, main
 from msabench.data.base import DatasetSource, MultimodalDataset
 from msabench.methods.late_fusion import LateFusion
@@ -252,8 +253,8 @@ def test_an_interrupted_trial_runs_again_on_resume(tmp_path):
 
 
 def test_a_trial_of_a_dead_worker_is_failed_and_retried(tmp_path, monkeypatch):
-    monkeypatch.setattr(tune_mod, "HEARTBEAT_INTERVAL", 1)
-    monkeypatch.setattr(tune_mod, "GRACE_PERIOD", 1)
+    monkeypatch.setattr(tune_storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(tune_storage, "GRACE_PERIOD", 1)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="dead-late-fusion", storage=make_storage(url), direction="maximize")
     with pytest.warns(UserWarning, match="Heartbeat"):
