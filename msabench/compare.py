@@ -122,7 +122,7 @@ def latex_lines(board, dataset: str, protocol: str, metric: str, cols: list[str]
     rows = table_cells(board, dataset, protocol, metric, cols, digits)
     if not rows:
         return []
-    from msabench.leaderboard import _tex
+    from msabench.render import _tex
 
     return ["\\midrule"] + [_tex(label).replace(MARK, "$^\\ddagger$") + " & " + " & ".join(
         c.replace("–", "--") for c in cells) + " \\\\" for label, cells in rows] + [

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from msabench.leaderboard import ALPHA, LeaderboardError, _caption, _entry_order, build_leaderboard
+from msabench.leaderboard import ALPHA, LeaderboardError, build_leaderboard
+from msabench.render import _caption, _entry_order
 
 log = logging.getLogger(__name__)
 

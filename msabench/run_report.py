@@ -36,7 +36,8 @@ def write_run_report(out: str | Path, figure_format: str = "png") -> RunReport:
     """Write ``OUT/leaderboard.md`` and ``OUT/figures/curves-*.png`` (a condition heatmap for protocols without
     missing ratios) from every run stored in ``out``. A part that cannot be built is skipped with a note; this never
     raises for the content of the results, so a finished run is never reported as failed because of its report."""
-    from msabench.leaderboard import LeaderboardError, build_leaderboard, to_markdown
+    from msabench.leaderboard import LeaderboardError, build_leaderboard
+    from msabench.render import to_markdown
     from msabench.plots import make_figures, save_figures
     from msabench.store import read_rows
 

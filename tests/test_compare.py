@@ -10,7 +10,8 @@ import yaml
 
 from msabench.cli import main
 from msabench.compare import attach_reported, overlay_points
-from msabench.leaderboard import build_leaderboard, render
+from msabench.leaderboard import build_leaderboard
+from msabench.render import render
 from msabench.plots import make_figures, robustness_curve
 from msabench.leaderboard import seed_scores
 from msabench.reported import parse_table

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats as sps
 
 from msabench.cli import main
-from msabench.leaderboard import LeaderboardError, build_leaderboard, render, seed_scores
+from msabench.leaderboard import LeaderboardError, build_leaderboard, seed_scores
+from msabench.render import render
 from msabench.store import ResultsStore, RunRecord, read_rows_csv
 
 MISSING = ["{l}", "{a}", "{v}", "{l,a}", "{l,v}", "{a,v}"]
