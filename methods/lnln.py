@@ -160,6 +160,8 @@ class CrossTransformer(nn.Module):
 
 # the model --------------------------------------------------------------------------------------------------------
 MODS = ("l", "a", "v")
+# "authors": their core/dataset.py masks (each modality's complete half on its own); "protocol": the protocol's recipe
+TRAIN_MASKS = ("authors", "protocol")
 
 
 class LNLNModel(nn.Module):
@@ -252,12 +254,13 @@ class LNLN(CompleteFeatures):
     def __init__(self, d: int = 128, n_tokens: int = 8, heads: int = 8, dim_head: int = 64, alpha: float = 0.9,
                  beta: float = 0.8, gamma: float = 0.1, sigma: float = 1.0, lr: float = 1e-4,
                  weight_decay: float = 1e-4, batch_size: int = 64, epochs: int = 50, patience: int = 0,
-                 grad_clip: float = 0.0, standardize: bool = True,
+                 grad_clip: float = 0.0, standardize: bool = True, train_masks: str = "authors",
                  **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience, weight_decay=weight_decay,
                          grad_clip=grad_clip, standardize=standardize, **kwargs)
         self.d, self.n_tokens, self.heads, self.dim_head = d, n_tokens, heads, dim_head
         self.alpha, self.beta, self.gamma, self.sigma = alpha, beta, gamma, sigma
+        self.train_masks = train_masks
 
     @classmethod
     def dataset_defaults(cls, dataset: MultimodalDataset) -> dict[str, Any]:
@@ -275,7 +278,18 @@ class LNLN(CompleteFeatures):
             raise ValueError(f"LNLN: d={self.d} is not divisible by heads={self.heads}; pick d a multiple of heads")
         return LNLNModel(dims, seq_lens, self.d, self.n_tokens, self.heads, self.dim_head, task.n_outputs)
 
+    def training_schedule(self, schedule: TrainingSchedule) -> TrainingSchedule:
+        """The masks LNLN trains on: ``train_masks="authors"`` (default) turns the protocol's ``frame`` recipe into
+        the authors' ``frame-per-modality`` (each modality's complete half drawn on its own); ``"protocol"`` keeps the
+        protocol's recipe, as every other method. Other recipes are kept either way."""
+        if self.train_masks not in TRAIN_MASKS:
+            raise ValueError(f"lnln: train_masks must be one of {TRAIN_MASKS}, got {self.train_masks!r}")
+        if self.train_masks == "authors" and getattr(schedule, "recipe", None) == "frame":
+            return schedule.with_recipe("frame-per-modality")
+        return schedule
+
     def fit(self, train: Split, valid: Split, schedule: TrainingSchedule, context: FitContext) -> "LNLN":
+        schedule = self.training_schedule(schedule)
         self._begin_fit(train, context)
         self.model_ = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
         self.begin_complete(train)  # the complete (unmasked) train sequences, for the targets

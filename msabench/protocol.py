@@ -40,6 +40,25 @@ def recipe_frame(split: Split, rng_for: Callable[[str], np.random.Generator]) ->
     return out
 
 
+def recipe_frame_per_modality(split: Split, rng_for: Callable[[str], np.random.Generator]) -> KeepPattern:
+    """LNLN's own training masks (its ``core/dataset.py``): per modality, exactly floor(N/2) samples, drawn
+    independently per modality, are complete; the others drop frames at r ~ U(0, 1) per sample and modality. Unlike
+    :func:`recipe_frame`, a sample is complete in every modality only with probability about 1/2^M."""
+    out = {}
+    for m in sorted(split.features):
+        rng = rng_for(m)
+        rate = _per_modality_rate(len(split), m, rng, rng_for)
+        out[m] = rng.random(_shape(split, m)) >= rate[:, None]
+    return out
+
+
+def _per_modality_rate(n: int, m: str, rng: np.random.Generator,
+                       rng_for: Callable[[str], np.random.Generator]) -> np.ndarray:
+    rate = rng.random(n)  # the first n draws of modality m's stream; its frames follow
+    rate[rng_for("complete/" + m).permutation(n)[: n // 2]] = 0.0
+    return rate
+
+
 def recipe_modality(split: Split, rng_for: Callable[[str], np.random.Generator]) -> KeepPattern:
     """A random non-empty subset of modalities per sample (uniform over the 2^M - 1 subsets)."""
     mods = sorted(split.features)
@@ -78,9 +97,15 @@ def frame_rates(split: Split, rng_for: Callable[[str], np.random.Generator]) -> 
     return rates
 
 
+def frame_per_modality_rates(split: Split, rng_for: Callable[[str], np.random.Generator]) -> dict[str, np.ndarray]:
+    """The per-sample drop rates :func:`recipe_frame_per_modality` draws (0 for each modality's complete half)."""
+    return {m: _per_modality_rate(len(split), m, rng_for(m), rng_for) for m in sorted(split.features)}
+
+
 TRAINING_RECIPES: dict[str, Callable[[Split, Callable[[str], np.random.Generator]], KeepPattern]] = {
     "complete": recipe_complete,
     "frame": recipe_frame,
+    "frame-per-modality": recipe_frame_per_modality,
     "modality": recipe_modality,
     "frame+modality": recipe_frame_modality,
     "modality-proper": recipe_modality_proper,
@@ -117,6 +142,8 @@ class TrainingSchedule:
             return {m: np.zeros(n) for m in self.split.features}
         if self.recipe == "frame":
             return frame_rates(self.split, rng_for(""))
+        if self.recipe == "frame-per-modality":
+            return frame_per_modality_rates(self.split, rng_for(""))
         if self.recipe == "modality":
             keep = recipe_modality(self.split, rng_for(""))
             return {m: 1.0 - k[:, 0].astype(float) for m, k in keep.items()}

@@ -116,6 +116,36 @@ def test_schedule_rates_match_the_drawn_masks():
     assert schedule.complete().rates(0)["l"].tolist() == [0.0] * 40
 
 
+def test_authors_masks_draw_each_modalitys_complete_half_on_its_own():
+    # the authors' core/dataset.py: per modality, random.sample(range(N), N // 2) samples get rate 0
+    n = 801
+    split = _split(n, 200)
+    protocol = PROTOCOLS.get("random-missing")()
+    base = protocol.training_schedule(split, seed=5, dataset_fingerprint="fp")
+    assert base.recipe == "frame"
+    schedule = LNLN().training_schedule(base)
+    assert schedule.recipe == "frame-per-modality"
+    assert LNLN(train_masks="protocol").training_schedule(base) is base
+    mask, rates = schedule.mask(1), schedule.rates(1)
+    complete = {}
+    for m in "lav":
+        complete[m] = rates[m] == 0
+        assert complete[m].sum() == n // 2  # exactly floor(N/2), per modality
+        dropped = 1 - mask[m].float().mean(1).numpy()
+        assert np.all(dropped[complete[m]] == 0)
+        assert np.allclose(dropped, rates[m], atol=0.12)  # 200 frames: binomial sd <= 0.036
+    # drawn independently per modality: complete in all three for about 1/8 of the samples (binomial sd 0.012),
+    # where the shared half of the protocol's own recipe gives 1/2
+    all_three = (complete["l"] & complete["a"] & complete["v"]).mean()
+    assert abs(all_three - 0.125) < 0.05
+    shared = base.rates(1)
+    assert abs(((shared["l"] == 0) & (shared["a"] == 0) & (shared["v"] == 0)).mean() - 0.5) < 0.06
+    # a fresh draw every epoch
+    assert not np.array_equal(schedule.rates(2)["l"], rates["l"])
+    with pytest.raises(ValueError, match="train_masks"):
+        LNLN(train_masks="theirs").training_schedule(base)
+
+
 def test_dataset_defaults_per_dataset():
     def d(task):
         return MultimodalDataset("x", task, {}, fingerprint="fp")
