@@ -204,11 +204,20 @@ class EvalProtocol:
     def identity(self) -> list:
         return [self.name, self.version, json.dumps(self.get_params(), sort_keys=True, default=str)]
 
+    def mask_identity(self) -> list:
+        """What the evaluation masks are drawn from: :meth:`identity` with the training recipe left at its default,
+        so that runs trained with another recipe (``--protocol-option train_recipe=...``) are evaluated on exactly
+        the masks of every other run (for the default recipe this is :meth:`identity` itself)."""
+        params = self.get_params()
+        if "train_recipe" in params:
+            params["train_recipe"] = "default"
+        return [self.name, self.version, json.dumps(params, sort_keys=True, default=str)]
+
     def mask(self, split: Split, condition: str, dataset_fingerprint: str) -> Mask:
-        """The fixed mask of ``condition`` on ``split`` (same for every method and run)."""
+        """The fixed mask of ``condition`` on ``split`` (same for every method, run and training recipe)."""
         if condition not in self.conditions():
             raise ValueError(f"protocol {self.name!r} has no condition {condition!r}; it has {self.conditions()}")
-        base = [*self.identity(), dataset_fingerprint, split.name, condition, self.mask_seed]
+        base = [*self.mask_identity(), dataset_fingerprint, split.name, condition, self.mask_seed]
         keep = self.draw(split, condition, lambda key: derive_rng(*base, key))
         return restrict_to_padding(split, keep)
 

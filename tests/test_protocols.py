@@ -215,6 +215,22 @@ def test_modality_recipe_never_empty(dataset):
     assert combo.recipe == "frame+modality"
 
 
+@pytest.mark.parametrize("name", ["random-missing", "modality-missing"])
+def test_evaluation_masks_do_not_depend_on_the_training_recipe(dataset, name):
+    default = protocol(name)
+    # the default recipe's masks are drawn from the protocol's identity, as every published run's were
+    assert default.mask_identity() == default.identity()
+    for recipe in ("frame", "frame+modality", "frame-per-modality", "modality-proper"):
+        other = protocol(name, train_recipe=recipe)
+        assert other.mask_hashes(dataset.test, dataset.fingerprint) == default.mask_hashes(dataset.test,
+                                                                                             dataset.fingerprint)
+        assert other.identity() != default.identity()  # the protocol variant is still told apart in the rows
+    # while the training masks do follow the recipe
+    a = default.training_schedule(dataset.train, 5, dataset.fingerprint).mask(0)
+    b = protocol(name, train_recipe="frame+modality").training_schedule(dataset.train, 5, dataset.fingerprint).mask(0)
+    assert any(not torch.equal(a[m], b[m]) for m in a)
+
+
 def test_plugin_protocol_end_to_end(test_plugin, tmp_path):
     from msabench.cli import main
     from msabench.store import read_rows
