@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -144,3 +144,20 @@ def fused_adam(param_groups: list, lr: float, weight_decay: float = 0.0) -> torc
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = bool(devices) and devices <= {"cpu", "cuda"}
     return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+# gradient reversal (LNLN's proxy generator, HRLF's adversary) -------------------------------------------------------
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, alpha: float) -> torch.Tensor:
+        ctx.alpha = alpha
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad.neg() * ctx.alpha, None
+
+
+def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """Identity forward; the gradient is multiplied by ``-alpha`` backward (Ganin and Lempitsky, 2015)."""
+    return _GradReverse.apply(x, alpha)

@@ -18,9 +18,9 @@ from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.masks import derive_seed
 from msabench.method import FitContext
 from msabench.methods import _distill
-from msabench.methods._blocks import TransformerSeqEncoder, mlp
+from msabench.methods._blocks import TransformerSeqEncoder, grad_reverse, mlp
 from msabench.methods._mi import StatisticsNet, derangement, jsd_mi
-from msabench.methods.corrkd import CorrKD, categories, n_categories
+from msabench.methods.corrkd import DISTILL_SCALES, CorrKD, categories, n_categories
 from msabench.protocol import TRAINING_RECIPES, TrainingSchedule
 from msabench.training import Batch, TorchMethod, task_loss
 
@@ -56,34 +56,33 @@ def frf_loss(z: dict[str, torch.Tensor], q: dict[str, torch.Tensor], u: dict[str
     return trans + recon
 
 
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return -grad
+HAL_STUDENT = ("non-saturating", "reversal")
 
 
-def grad_reverse(x: torch.Tensor) -> torch.Tensor:
-    """Identity forward, negated gradient backward."""
-    return _GradReverse.apply(x)
+def hal_loss(discriminators: nn.ModuleList, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor],
+             student: str = "non-saturating") -> torch.Tensor:
+    """Sum over scales of the discriminator's cross-entropy -log D(e^t) - log(1 - D(e^s)) plus the student's term.
 
-
-def hal_loss(discriminators: nn.ModuleList, teacher_feats: list[torch.Tensor],
-             student_feats: list[torch.Tensor]) -> torch.Tensor:
-    """Sum over scales of the discriminator's cross-entropy: -log D(e^t) - log(1 - D(e^s)).
-
-    D_i scores "teacher" (1) against "student" (0). The discriminators minimise this; the student's features pass a
-    gradient-reversal layer, so the student maximises it (the min-max of the paper's Eq. 9) in the same step.
+    D_i scores "teacher" (1) against "student" (0) and minimises its cross-entropy on detached features. The student,
+    in the same step:
+    - ``"non-saturating"``: minimises -log D(e^s) through the discriminator's weights held fixed (Goodfellow et al.,
+      2014); its push fades once D is fooled;
+    - ``"reversal"``: maximises the discriminator's own loss through a gradient-reversal layer (the literal min-max
+      of the paper's Eq. 9); the push grows as D is fooled, which lets the student's features run away in norm.
     """
     total = student_feats[0].new_zeros(())
     for disc, e_t, e_s in zip(discriminators, teacher_feats, student_feats):
         real = disc(e_t.detach()).squeeze(-1)
-        fake = disc(grad_reverse(e_s)).squeeze(-1)
-        total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) \
-            + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        if student == "reversal":
+            fake = disc(grad_reverse(e_s)).squeeze(-1)
+            total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+        else:
+            fake = disc(e_s.detach()).squeeze(-1)
+            fixed = {k: v.detach() for k, v in disc.named_parameters()}
+            fooled = torch.func.functional_call(disc, fixed, (e_s,)).squeeze(-1)
+            total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)) \
+                + F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
+        total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
     return total
 
 
@@ -162,8 +161,9 @@ class HRLF(TorchMethod):
     def __init__(self, d: int = 40, heads: int = 10, layers: int = 2, dropout: float = 0.1, n_polarity: int = 2,
                  ce_weight: float = 1.0, frf: bool = True, hmi: bool = True, hal: bool = True, kl: bool = True,
                  lambda_frf: float = 1.0, lambda_hmi: float = 1.0, lambda_hal: float = 1.0, lambda_kl: float = 1.0,
-                 tau: float = 1.0, mi_hidden: int = 64, disc_hidden: int = 64,
-                 student_recipe: str = "frame+modality", predict_with: str = "student", lr: float = 1e-3,
+                 tau: float = 1.0, mi_hidden: int = 64, disc_hidden: int = 64, distill_scale: str = "legacy",
+                 hal_student: str = "reversal", student_recipe: str = "frame+modality",
+                 predict_with: str = "student", lr: float = 1e-3,
                  batch_size: int = 128, epochs: int = 50, patience: int = 8, weight_decay: float = 0.0,
                  **kwargs) -> None:
         super().__init__(lr=lr, batch_size=batch_size, epochs=epochs, patience=patience,
@@ -185,6 +185,8 @@ class HRLF(TorchMethod):
         self.tau = tau
         self.mi_hidden = mi_hidden
         self.disc_hidden = disc_hidden
+        self.distill_scale = distill_scale
+        self.hal_student = hal_student
         self.student_recipe = student_recipe
         self.predict_with = predict_with
 
@@ -201,6 +203,7 @@ class HRLF(TorchMethod):
             "lambda_frf": trial.suggest_float("lambda_frf", 0.1, 2.0, log=True),
             "lambda_hmi": trial.suggest_float("lambda_hmi", 0.1, 2.0, log=True),
             "lambda_hal": trial.suggest_float("lambda_hal", 0.1, 2.0, log=True),
+            "distill_scale": trial.suggest_categorical("distill_scale", list(DISTILL_SCALES)),
         }
 
     def _validate(self) -> None:
@@ -210,6 +213,10 @@ class HRLF(TorchMethod):
             raise ValueError(f"hrlf: d={self.d} must be even (Q and U take d/2 each)")
         if self.predict_with not in PREDICT_WITH:
             raise ValueError(f"hrlf: predict_with must be one of {PREDICT_WITH}, got {self.predict_with!r}")
+        if self.distill_scale not in DISTILL_SCALES:
+            raise ValueError(f"hrlf: distill_scale must be one of {DISTILL_SCALES}, got {self.distill_scale!r}")
+        if self.hal_student not in HAL_STUDENT:
+            raise ValueError(f"hrlf: hal_student must be one of {HAL_STUDENT}, got {self.hal_student!r}")
         if self.n_polarity not in (2, 3):
             raise ValueError(f"hrlf: n_polarity must be 2 or 3, got {self.n_polarity}")
         if self.student_recipe != "protocol" and self.student_recipe not in TRAINING_RECIPES:
@@ -234,15 +241,21 @@ class HRLF(TorchMethod):
 
     def distillation_loss(self, student_out: dict[str, Any], teacher_out: dict[str, torch.Tensor],
                           critics: HRLFCritics, perm: torch.Tensor) -> torch.Tensor:
-        """-lambda_hmi x sum_i MI(E^t_i, E^s_i) + lambda_hal x L_HAL + lambda_kl x L_KL, switches applied."""
+        """-lambda_hmi x sum_i MI(E^t_i, E^s_i) + lambda_hal x L_HAL + lambda_kl x L_KL, switches applied.
+
+        With ``distill_scale="normalized"`` the statistics networks and discriminators see the L2-normalised E_i.
+        """
         keys = [f"e{i + 1}" for i in range(SCALES)]
         e_s = [student_out[k].float() for k in keys]
         e_t = [teacher_out[k].detach().float() for k in keys]
+        if self.distill_scale == "normalized":
+            e_s = [F.normalize(e, dim=-1, eps=1e-8) for e in e_s]
+            e_t = [F.normalize(e, dim=-1, eps=1e-8) for e in e_t]
         total = e_s[0].new_zeros(())
         if self.hmi:
             total = total - self.lambda_hmi * critics.mi(e_t, e_s, perm)
         if self.hal:
-            total = total + self.lambda_hal * hal_loss(critics.discriminators, e_t, e_s)
+            total = total + self.lambda_hal * hal_loss(critics.discriminators, e_t, e_s, self.hal_student)
         if self.kl:
             total = total + self.lambda_kl * kl_loss(teacher_out["logits"], student_out["logits"], self.tau)
         return total

@@ -22,25 +22,9 @@ from torch.nn import functional as F
 from msabench.data.base import MultimodalDataset, Split, Task
 from msabench.method import FitContext
 from msabench.protocol import TrainingSchedule
+from msabench.methods._blocks import grad_reverse
 from msabench.methods._complete import CompleteFeatures
 from msabench.training import Batch
-
-
-# gradient reversal -------------------------------------------------------------------------------------------------
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, alpha: float) -> torch.Tensor:
-        ctx.alpha = alpha
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad.neg() * ctx.alpha, None
-
-
-def grad_reverse(x: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
-    """Identity forward; the gradient is multiplied by ``-alpha`` backward (Ganin and Lempitsky, 2015)."""
-    return _GradReverse.apply(x, alpha)
 
 
 # Transformer pieces of the authors' basic_layers (pre-LayerNorm, separate norms for q, k and v) --------------------

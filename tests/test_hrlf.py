@@ -46,7 +46,8 @@ def test_kl_loss_matches_numpy():
     assert kl_loss(torch.tensor(zt), torch.tensor(zt), tau).item() == pytest.approx(0.0, abs=1e-7)
 
 
-def test_hal_discriminator_direction_and_reversed_student_gradient():
+@pytest.mark.parametrize("student", ["reversal", "non-saturating"])
+def test_hal_discriminator_direction_and_student_gradient(student):
     disc = nn.Linear(2, 1)
     with torch.no_grad():
         disc.weight.copy_(torch.tensor([[1.0, -2.0]]))
@@ -56,17 +57,23 @@ def test_hal_discriminator_direction_and_reversed_student_gradient():
     sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
     w, b = np.array([1.0, -2.0]), 0.5
     st, ss = e_t.numpy() @ w + b, e_s.detach().numpy() @ w + b
-    expected = -np.mean(np.log(sig(st))) - np.mean(np.log(1 - sig(ss)))
-    loss = hal_loss(nn.ModuleList([disc]), [e_t], [e_s])
+    disc_loss = -np.mean(np.log(sig(st))) - np.mean(np.log(1 - sig(ss)))
+    expected = disc_loss if student == "reversal" else disc_loss - np.mean(np.log(sig(ss)))
+    loss = hal_loss(nn.ModuleList([disc]), [e_t], [e_s], student)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
-    # the student's features get the negated gradient of -log(1 - D(e_s)): d/de = sigma(s) w / B
-    assert np.allclose(e_s.grad.numpy(), -(sig(ss)[:, None] * w[None, :]) / 2, atol=1e-6)
-    # the discriminator descends its own cross-entropy: one SGD step lowers it
+    if student == "reversal":  # the negated gradient of -log(1 - D(e_s)): d/de = sigma(s) w / B, reversed
+        assert np.allclose(e_s.grad.numpy(), -(sig(ss)[:, None] * w[None, :]) / 2, atol=1e-6)
+    else:  # the gradient of -log D(e_s) with D fixed: -(1 - sigma(s)) w / B, fading as D is fooled
+        assert np.allclose(e_s.grad.numpy(), -((1 - sig(ss))[:, None] * w[None, :]) / 2, atol=1e-6)
+    # the discriminator gets only the gradient of its own cross-entropy: by hand, for a linear D
+    grad_w = (-(1 - sig(st))[:, None] * e_t.numpy()).mean(0) + (sig(ss)[:, None] * e_s.detach().numpy()).mean(0)
+    assert np.allclose(disc.weight.grad.numpy()[0], grad_w, atol=1e-6)
+    # and descends it: one SGD step lowers it
     with torch.no_grad():
         for p in disc.parameters():
             p -= 0.1 * p.grad
-    assert hal_loss(nn.ModuleList([disc]), [e_t], [e_s.detach()]).item() < expected
+    assert hal_loss(nn.ModuleList([disc]), [e_t], [e_s.detach()], "reversal").item() < disc_loss
 
 
 def test_switches_turn_distillation_off():
@@ -76,6 +83,36 @@ def test_switches_turn_distillation_off():
     other = {k: torch.randn_like(v) for k, v in out.items()}
     assert method.distillation_loss(out, other, critics, torch.tensor([1, 2, 3, 0])).item() == 0.0
     assert HRLF().distillation_loss(out, other, critics, torch.tensor([1, 2, 3, 0])).item() != 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0, 300.0])
+def test_normalized_distillation_sees_unit_features_whatever_their_magnitude(scale):
+    rng = np.random.default_rng(4)
+    widths = [6, 4, 2]
+    e_s = [np.abs(rng.normal(size=(5, w))) for w in widths]
+    e_t = [np.abs(rng.normal(size=(5, w))) for w in widths]
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    torch.manual_seed(0)
+    critics = HRLFCritics(widths, 8, 8)
+    perm = torch.tensor([1, 2, 3, 4, 0])
+    logits = torch.zeros(5, 2)
+
+    def feats(arrays, factor):
+        return {**{f"e{i + 1}": torch.tensor(a * factor, dtype=torch.float32) for i, a in enumerate(arrays)},
+                "logits": logits}
+
+    legacy = HRLF(kl=False, distill_scale="legacy")
+    on_unit = legacy.distillation_loss(feats([unit(a) for a in e_s], 1.0), feats([unit(a) for a in e_t], 1.0),
+                                       critics, perm).item()
+    normalized = HRLF(kl=False, distill_scale="normalized")
+    loss = normalized.distillation_loss(feats(e_s, scale), feats(e_t, scale), critics, perm).item()
+    assert loss == pytest.approx(on_unit, rel=1e-5)
+    raw = legacy.distillation_loss(feats(e_s, scale), feats(e_t, scale), critics, perm).item()
+    assert raw != pytest.approx(on_unit, rel=1e-3)  # the legacy scale sees the magnitude
+    with pytest.raises(ValueError, match="distill_scale"):
+        HRLF(distill_scale="bogus").build({"l": 4, "a": 4, "v": 4}, {}, tiny_datasets()["regression"].task)
+    with pytest.raises(ValueError, match="hal_student"):
+        HRLF(hal_student="bogus").build({"l": 4, "a": 4, "v": 4}, {}, tiny_datasets()["regression"].task)
 
 
 class _Recording(HRLF):
