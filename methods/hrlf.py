@@ -73,6 +73,7 @@ def hal_loss(discriminators: nn.ModuleList, teacher_feats: list[torch.Tensor], s
     total = student_feats[0].new_zeros(())
     for disc, e_t, e_s in zip(discriminators, teacher_feats, student_feats):
         real = disc(e_t.detach()).squeeze(-1)
+        total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
         if student == "reversal":
             fake = disc(grad_reverse(e_s)).squeeze(-1)
             total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
@@ -82,7 +83,6 @@ def hal_loss(discriminators: nn.ModuleList, teacher_feats: list[torch.Tensor], s
             fooled = torch.func.functional_call(disc, fixed, (e_s,)).squeeze(-1)
             total = total + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)) \
                 + F.binary_cross_entropy_with_logits(fooled, torch.ones_like(fooled))
-        total = total + F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
     return total
 
 
