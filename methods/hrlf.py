@@ -56,11 +56,11 @@ def frf_loss(z: dict[str, torch.Tensor], q: dict[str, torch.Tensor], u: dict[str
     return trans + recon
 
 
-HAL_STUDENT = ("non-saturating", "reversal")
+HAL_STUDENT = ("reversal", "non-saturating")
 
 
 def hal_loss(discriminators: nn.ModuleList, teacher_feats: list[torch.Tensor], student_feats: list[torch.Tensor],
-             student: str = "non-saturating") -> torch.Tensor:
+             student: str = "reversal") -> torch.Tensor:
     """Sum over scales of the discriminator's cross-entropy -log D(e^t) - log(1 - D(e^s)) plus the student's term.
 
     D_i scores "teacher" (1) against "student" (0) and minimises its cross-entropy on detached features. The student,
