@@ -1,0 +1,9 @@
+set -x
+cd /work/main
+D=mmsa:../shared/data/mosi-utterance/mosi_utterance_bert.pkl
+R=(msabench run --quiet --workers 1 --threads 1 --out results/hrlf/runs-mosi-utterance-bert --dataset $D --protocol modality-missing --no-report)
+for S in 1111 1112 1113 1114 1115; do
+  "${R[@]}" --seeds $S --method hrlf,mmin
+  "${R[@]}" --seeds $S --method hrlf --tag no-distill --set hmi=false --set hal=false --set kl=false
+done
+msabench run --quiet --workers 1 --threads 1 --out results/hrlf/runs-mosi-utterance-bert --dataset $D --protocol modality-missing --no-report --seeds 1111,1112,1113,1114,1115 --method hrlf --tag lhal01 --set lambda_hal=0.1
