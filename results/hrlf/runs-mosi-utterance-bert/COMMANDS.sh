@@ -1,5 +1,5 @@
 set -x
-cd /work/main
+cd "$(dirname "$0")/../../.."
 D=mmsa:../shared/data/mosi-utterance/mosi_utterance_bert.pkl
 R=(msabench run --quiet --workers 1 --threads 1 --out results/hrlf/runs-mosi-utterance-bert --dataset $D --protocol modality-missing --no-report)
 for S in 1111 1112 1113 1114 1115; do
