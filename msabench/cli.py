@@ -14,7 +14,7 @@ import pandas as pd
 log = logging.getLogger("msabench")
 
 # modules that add a subcommand through ``add_command(subparsers)``
-COMMAND_MODULES = ("msabench.leaderboard", "msabench.plots", "msabench.tune", "msabench.report")
+COMMAND_MODULES = ("msabench.leaderboard", "msabench.plots", "msabench.tune_cli", "msabench.report")
 
 
 class CLIError(Exception):
