@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from msabench import runner, training
+from msabench import batches, runner, training
 from msabench.data.base import Split
 from msabench.data.synthetic import SyntheticMOSEI, SyntheticMOSI, SyntheticSmall
 from msabench.placement import DEVICE_SHARE, choose_placement, dataset_bytes
@@ -75,8 +75,8 @@ def test_validation_copy_and_whole_standardised_modality_equal_the_old_formula(m
 
 def test_chunked_scaler_equals_the_float64_formula(monkeypatch):
     split = _split(n=40, t=7)
-    monkeypatch.setattr(training, "SCALER_EXACT_BYTES", 0)
-    monkeypatch.setattr(training, "row_chunks", lambda x: [slice(s, min(s + 3, x.shape[0])) for s in range(0, x.shape[0], 3)])
+    monkeypatch.setattr(batches, "SCALER_EXACT_BYTES", 0)
+    monkeypatch.setattr(batches, "row_chunks", lambda x: [slice(s, min(s + 3, x.shape[0])) for s in range(0, x.shape[0], 3)])
     scaler = fit_scaler(split)
     for m, x in split.features.items():
         x = x.numpy().astype(np.float64)
