@@ -78,7 +78,7 @@ def teacher_cache_path(method: TorchMethod, context: FitContext, teacher_params:
     if not context.cache_dir or not context.dataset_fingerprint:
         return None
     code = hashlib.sha256()
-    for module in (type(method).__module__, *code_modules, TorchMethod.__module__, __name__):
+    for module in (type(method).__module__, *code_modules, TorchMethod.__module__, "msabench.batches", __name__):
         code.update(Path(sys.modules[module].__file__).read_bytes())
     ident = {
         "params": {k: getattr(method, k) for k in teacher_params},
