@@ -427,7 +427,7 @@ def test_tuning_storage_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys
 
     import sqlalchemy.exc
 
-    from msabench import tune
+    from msabench import tune_cli
 
     def full_disk(*args, **kwargs):
         try:
@@ -435,7 +435,7 @@ def test_tuning_storage_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys
         except sqlite3.OperationalError as exc:
             raise sqlalchemy.exc.OperationalError("INSERT INTO trials ...", {}, exc) from exc
 
-    monkeypatch.setattr(tune, "tune", full_disk)
+    monkeypatch.setattr(tune_cli, "tune", full_disk)
     code = main(["tune", "--method", "late-fusion", "--protocol", "modality-missing", "--dataset", "synthetic-small",
                  "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "t"), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -445,12 +445,12 @@ def test_tuning_storage_on_a_full_disk_is_one_line(tmp_path, monkeypatch, capsys
 
 
 def test_other_errors_are_not_taken_for_a_full_disk(tmp_path, monkeypatch):
-    from msabench import tune
+    from msabench import tune_cli
 
     def boom(*args, **kwargs):
         raise RuntimeError("something else entirely")
 
-    monkeypatch.setattr(tune, "tune", boom)
+    monkeypatch.setattr(tune_cli, "tune", boom)
     with pytest.raises(RuntimeError, match="something else"):
         main(["tune", "--method", "late-fusion", "--protocol", "modality-missing", "--dataset", "synthetic-small",
               "--trials", "1", "--epochs", "1", "--out", str(tmp_path / "t"), "--quiet"])
