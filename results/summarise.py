@@ -154,6 +154,91 @@ def budget_table(study: str) -> str:
     return "\n".join(lines)
 
 
+# HRLF / CorrKD / MMIN studies of issue #18: name -> (run directories, caption); CorrKD's token-level runs carry the
+# tag "distill" for the default, shown here as plain "corrkd"
+HRLF_STUDIES = {
+    "hrlf-mosi-utterance-bert": (["hrlf/runs-mosi-utterance-bert", "corrkd-token-mosi"],
+                                 "real CMU-MOSI, token level (mosi_utterance_bert.pkl), default epochs"),
+    "hrlf-synthetic-mosi": (["hrlf/runs-synthetic-mosi-5seeds"], "synthetic-mosi, 6 epochs per stage"),
+    "hrlf-synthetic-iemocap": (["hrlf/runs-synthetic-iemocap-5seeds"], "synthetic-iemocap, 6 epochs per stage"),
+}
+HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [lhal01]", "corrkd", "corrkd [no-distill]", "corrkd [teacher]",
+              "mmin"]
+HRLF_COLUMNS = {"modality-missing": ["Avg", "{l,a,v}"], "random-missing": ["Mean", "LNLN-Avg", "0.0"]}
+
+
+def hrlf_board(dirs: list[str], reference: str) -> pd.DataFrame:
+    rows = read_rows([HERE / d for d in dirs])
+    rows.loc[(rows["method"] == "corrkd") & (rows["tag"] == "distill"), "tag"] = ""
+    table = build_leaderboard(rows, reference=reference).table
+    metric = next(m for m in PRIMARY_METRICS if m in set(table["metric"]))
+    return table[table["kind"].isin(["condition", "summary"]) & (table["metric"] == metric)]
+
+
+def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
+    row = table[(table["method"] == entry) & (table["protocol"] == protocol) & (table["condition"] == column)]
+    if row.empty or row.iloc[0]["test"] == "reference" or pd.isna(row.iloc[0]["p_value"]):
+        return "—"
+    r = row.iloc[0]
+    return f"{r['p_value']:.2g} / {r['p_value_holm']:.2g}" + (" †" if r["p_value_holm"] < 0.05 else "")
+
+
+def hrlf_table(study: str, protocol: str) -> str:
+    """One protocol of an HRLF study: every entry's summary columns, p against HRLF and against CorrKD."""
+    dirs, caption = HRLF_STUDIES[study]
+    vs_hrlf, vs_corrkd = hrlf_board(dirs, "hrlf"), hrlf_board(dirs, "corrkd")
+    columns = HRLF_COLUMNS[protocol]
+    present = set(vs_hrlf.loc[vs_hrlf["protocol"] == protocol, "method"])
+    head = columns[0]
+    lines = ["| entry | " + " | ".join(columns) + f" | p vs hrlf ({head}) | p vs corrkd ({head}) |",
+             "|---" * (len(columns) + 3) + "|"]
+    for e in [e for e in HRLF_ORDER if e in present]:
+        cells = [cell(vs_hrlf, e, protocol, c, with_p=False) for c in columns]
+        cells += [p_cell(vs_hrlf, e, protocol, head), p_cell(vs_corrkd, e, protocol, head)]
+        lines.append(f"| {e} | " + " | ".join(cells) + " |")
+    metric = vs_hrlf["metric"].iloc[0]
+    lines += ["", f"*{caption}, {protocol}, test {metric}: mean ± std (seeds); p = paired test by seed, raw / "
+                  f"Holm-corrected over the entries of the column; † Holm p < 0.05.*"]
+    return "\n".join(lines)
+
+
+def target_table(dirs: list[str], protocol: str) -> str:
+    """Issue #22's target per column: the default CorrKD's worst seed against its no-distillation student's worst.
+
+    Summaries per seed: modality-missing Avg = mean of the six missing conditions; random-missing Mean = mean over
+    r = 0.0 ... 1.0 and LNLN-Avg = mean over r = 0.0 ... 0.9.
+    """
+    from msabench.leaderboard import seed_scores
+
+    rows = read_rows([HERE / d for d in dirs])
+    rows = rows[(rows["method"] == "corrkd") & (rows["protocol"] == protocol)]
+    metric = next(m for m in PRIMARY_METRICS if m in set(rows["metric"]))
+    seeds = seed_scores(rows, [metric], "test")
+    seeds["side"] = seeds["tag"].map(lambda t: "nd" if t == "no-distill" else ("default" if t in ("", "distill")
+                                                                             else None))
+    wide = seeds.dropna(subset=["side"]).pivot_table(index=["side", "seed"], columns="condition", values="value")
+    order = list(dict.fromkeys(seeds["condition"]))
+    if protocol == "modality-missing":
+        wide["Avg"] = wide[[c for c in order if c != "{l,a,v}"]].mean(axis=1)
+        order.append("Avg")
+    else:
+        wide["LNLN-Avg"] = wide[[c for c in order if c != "1.0"]].mean(axis=1)
+        wide["Mean"] = wide[[c for c in order if c != "LNLN-Avg"]].mean(axis=1)
+        order += ["LNLN-Avg", "Mean"]
+    lines = ["| column | default min | default mean | nd min | nd mean | margin | |", "|---|---|---|---|---|---|---|"]
+    passed = 0
+    for c in order:
+        d, n = wide.loc["default", c], wide.loc["nd", c]
+        margin = d.min() - n.min()
+        passed += margin >= 0
+        lines.append(f"| {c} | {d.min():.4f} | {d.mean():.4f} | {n.min():.4f} | {n.mean():.4f} | {margin:+.4f} | "
+                     + ("pass" if margin >= 0 else "**fail**") + " |")
+    n_seeds = (len(wide.loc["default"]), len(wide.loc["nd"]))
+    lines += ["", f"*{passed} of {len(order)} columns pass; test {metric}, seeds: default {n_seeds[0]}, "
+                  f"no-distill {n_seeds[1]}; margin = default min − nd min.*"]
+    return "\n".join(lines)
+
+
 def fill(path: Path, tables: dict[str, str]) -> None:
     text = path.read_text()
     for name, body in tables.items():
@@ -169,7 +254,11 @@ def main() -> None:
     fill(HERE / "corrkd.md", {**{f"corrkd-{s}": corrkd_table(s) for s in present}, "corrkd-paper": paper_table()})
     fill(HERE / "baselines.md", {**{f"baselines-{s}": baselines_table(s) for s in present if s != "synthetic-iemocap"},
                                  "budget-synthetic-mosi": budget_table("synthetic-mosi")})
-    print("filled", ", ".join(present))
+    hrlf = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
+    fill(HERE / "hrlf.md", {f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_COLUMNS})
+    fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
+                              for s in hrlf if s != "hrlf-mosi-utterance-bert" for p in HRLF_COLUMNS})
+    print("filled", ", ".join(present + hrlf))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,9 @@
+set -x
+cd "$(dirname "$0")/../../.."
+R=(msabench run --quiet --workers 2 --threads 1 --seeds 1111,1112,1113,1114,1115 --no-report)
+O=results/hrlf/runs-synthetic-iemocap-5seeds
+for p in modality-missing random-missing; do
+  "${R[@]}" --out $O --dataset synthetic-iemocap --epochs 6 --protocol $p --method hrlf,corrkd,mmin
+  "${R[@]}" --out $O --dataset synthetic-iemocap --epochs 6 --protocol $p --method corrkd --tag no-distill --set scd=false --set cpd=false --set rcd=off
+  "${R[@]}" --out $O --dataset synthetic-iemocap --epochs 6 --protocol $p --method hrlf --tag no-distill --set hmi=false --set hal=false --set kl=false
+done
