@@ -34,7 +34,12 @@ PRIMARY_METRICS = ("Non0_F1", "Mean_F1", "F1_score", "weighted_F1")  # the headl
 
 def board(study: str, reference: str) -> pd.DataFrame:
     """The study's leaderboard rows of its headline metric (IEMOCAP boards also hold one block per emotion)."""
-    table = build_leaderboard(read_rows([HERE / study]), reference=reference).table
+    return headline(read_rows([HERE / study]), reference)
+
+
+def headline(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The leaderboard of ``rows`` against ``reference``, its conditions and summaries of the headline metric."""
+    table = build_leaderboard(rows, reference=reference).table
     metric = next(m for m in PRIMARY_METRICS if m in set(table["metric"]))
     return table[table["kind"].isin(["condition", "summary"]) & (table["metric"] == metric)]
 
@@ -167,12 +172,10 @@ HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [lhal01]", "corrkd", "corrkd [n
 HRLF_COLUMNS = {"modality-missing": ["Avg", "{l,a,v}"], "random-missing": ["Mean", "LNLN-Avg", "0.0"]}
 
 
-def hrlf_board(dirs: list[str], reference: str) -> pd.DataFrame:
+def hrlf_rows(dirs: list[str]) -> pd.DataFrame:
     rows = read_rows([HERE / d for d in dirs])
     rows.loc[(rows["method"] == "corrkd") & (rows["tag"] == "distill"), "tag"] = ""
-    table = build_leaderboard(rows, reference=reference).table
-    metric = next(m for m in PRIMARY_METRICS if m in set(table["metric"]))
-    return table[table["kind"].isin(["condition", "summary"]) & (table["metric"] == metric)]
+    return rows
 
 
 def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
@@ -186,7 +189,8 @@ def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
 def hrlf_table(study: str, protocol: str) -> str:
     """One protocol of an HRLF study: every entry's summary columns, p against HRLF and against CorrKD."""
     dirs, caption = HRLF_STUDIES[study]
-    vs_hrlf, vs_corrkd = hrlf_board(dirs, "hrlf"), hrlf_board(dirs, "corrkd")
+    rows = hrlf_rows(dirs)
+    vs_hrlf, vs_corrkd = headline(rows, "hrlf"), headline(rows, "corrkd")
     columns = HRLF_COLUMNS[protocol]
     present = set(vs_hrlf.loc[vs_hrlf["protocol"] == protocol, "method"])
     head = columns[0]
