@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from msabench.leaderboard import ALPHA, LeaderboardError, build_leaderboard
 from msabench.render import _caption, _entry_order

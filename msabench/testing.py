@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from msabench.data.base import MultimodalDataset, Split
-from msabench.data.synthetic import IEMOCAP, SMALL, SMALL_UNALIGNED, Shape, make_emotion, make_sentiment
+from msabench.data.synthetic import SMALL, SMALL_UNALIGNED, Shape, make_emotion, make_sentiment
 from msabench.masks import Mask, full_mask
 from msabench.method import FitContext, Method
 from msabench.params import param_defaults

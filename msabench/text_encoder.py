@@ -48,8 +48,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import nn
 
-from msabench.masks import BERT_CLS_ID, BERT_SEP_ID, BERT_UNK_ID
-
 if TYPE_CHECKING:  # pragma: no cover
     from msabench.data.base import Split
     from msabench.training import Batch, TorchMethod

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from msabench.method import FitContext
 from msabench.methods import _distill

@@ -220,7 +220,7 @@ def test_markdown_marks_significant_entries():
 
 # robustness -----------------------------------------------------------------------------------------------------
 def test_effective_robustness_against_a_baseline_in_the_table():
-    rows, expected = [], {}
+    rows = []
     base = {1: (0.50, 0.80), 2: (0.54, 0.84)}  # seed: (missing mean, complete)
     other = {1: (0.60, 0.82), 2: (0.58, 0.86)}
     for method, per_seed in (("BASE", base), ("X", other)):

@@ -256,8 +256,6 @@ def test_validation_without_copies_scores_the_same_batches(masked):
 
 
 def test_validation_copies_only_below_the_budget(monkeypatch):
-    from msabench.protocol import TrainingSchedule
-
     ds = SyntheticSmall().load()
     made = []
     original = PreparedSplit.with_mask_applied

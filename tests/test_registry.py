@@ -1,7 +1,6 @@
 """The plugin registry: entry points, pkg.module:Class, errors, broken and duplicate plugins."""
 from __future__ import annotations
 
-import textwrap
 import warnings
 
 import pytest
