@@ -91,8 +91,9 @@ def test_run_json_and_rows_record_the_hardware(study):
 def test_hardware_id_follows_the_numeric_fields_only():
     info = hardware_info("cpu")
     assert hardware_id(info) == hardware_id(dict(info))
-    assert hardware_id({**info, "cpu_model": "Intel(R) Xeon(R) CPU"}) != hardware_id(info)
-    assert hardware_id({**info, "cpu_capability": "AVX512"}) != hardware_id(info)
+    assert hardware_id({**info, "cpu_model": f"{info['cpu_model']} (another)"}) != hardware_id(info)
+    other = "AVX2" if info.get("cpu_capability") == "AVX512" else "AVX512"
+    assert hardware_id({**info, "cpu_capability": other}) != hardware_id(info)
     assert hardware_id({**info, "gpu_name": "NVIDIA H200"}) != hardware_id(info)
     assert hardware_id({**info, "cpu_count": 64}) == hardware_id(info)  # the thread count is recorded apart
 
