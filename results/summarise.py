@@ -10,6 +10,7 @@ Holm-corrected over the entries compared in that column, from :func:`msabench.le
 """
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -162,13 +163,15 @@ def budget_table(study: str) -> str:
 # HRLF / CorrKD / MMIN studies of issue #18: name -> (run directories, caption); CorrKD's token-level runs carry the
 # tag "distill" for the default, shown here as plain "corrkd"
 HRLF_STUDIES = {
+    "hrlf-mosi-utterance": (["hrlf/runs-mosi-utterance"],
+                            "real CMU-MOSI, utterance level (mosi_utterance.pkl), default epochs"),
     "hrlf-mosi-utterance-bert": (["hrlf/runs-mosi-utterance-bert", "corrkd-token-mosi"],
                                  "real CMU-MOSI, token level (mosi_utterance_bert.pkl), default epochs"),
     "hrlf-synthetic-mosi": (["hrlf/runs-synthetic-mosi-5seeds"], "synthetic-mosi, 6 epochs per stage"),
     "hrlf-synthetic-iemocap": (["hrlf/runs-synthetic-iemocap-5seeds"], "synthetic-iemocap, 6 epochs per stage"),
 }
-HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [lhal01]", "corrkd", "corrkd [no-distill]", "corrkd [teacher]",
-              "mmin"]
+HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [no-frf]", "hrlf [no-hmi]", "hrlf [no-hal]", "hrlf [lhal01]", "corrkd",
+              "corrkd [no-distill]", "corrkd [teacher]", "mmin"]
 HRLF_COLUMNS = {"modality-missing": ["Avg", "{l,a,v}"], "random-missing": ["Mean", "LNLN-Avg", "0.0"]}
 
 
@@ -176,6 +179,13 @@ def hrlf_rows(dirs: list[str]) -> pd.DataFrame:
     rows = read_rows([HERE / d for d in dirs])
     rows.loc[(rows["method"] == "corrkd") & (rows["tag"] == "distill"), "tag"] = ""
     return rows
+
+
+@functools.cache
+def hrlf_boards(study: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """An HRLF study's headline leaderboard against HRLF and against CorrKD (built once per study)."""
+    rows = hrlf_rows(HRLF_STUDIES[study][0])
+    return headline(rows, "hrlf"), headline(rows, "corrkd")
 
 
 def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
@@ -188,9 +198,8 @@ def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
 
 def hrlf_table(study: str, protocol: str) -> str:
     """One protocol of an HRLF study: every entry's summary columns, p against HRLF and against CorrKD."""
-    dirs, caption = HRLF_STUDIES[study]
-    rows = hrlf_rows(dirs)
-    vs_hrlf, vs_corrkd = headline(rows, "hrlf"), headline(rows, "corrkd")
+    caption = HRLF_STUDIES[study][1]
+    vs_hrlf, vs_corrkd = hrlf_boards(study)
     columns = HRLF_COLUMNS[protocol]
     present = set(vs_hrlf.loc[vs_hrlf["protocol"] == protocol, "method"])
     head = columns[0]
@@ -203,6 +212,46 @@ def hrlf_table(study: str, protocol: str) -> str:
     metric = vs_hrlf["metric"].iloc[0]
     lines += ["", f"*{caption}, {protocol}, test {metric}: mean ± std (seeds); p = paired test by seed, raw / "
                   f"Holm-corrected over the entries of the column; † Holm p < 0.05.*"]
+    return "\n".join(lines)
+
+
+def ablation_table() -> str:
+    """HRLF's ablation: the paper's Table 3 (MOSI, six-condition Avg F1) beside ours on every HRLF study
+    (modality-missing Avg × 100), each as the difference from full HRLF with the paired test against it."""
+    from msabench.reported import load_reported
+
+    paper = load_reported("hrlf-2024-ablation")
+    entries = {"hrlf": paper.rows[0]}
+    for row in paper.rows[1:]:
+        term = row.ours.split("--set ")[1].split("=")[0]   # "hrlf --set frf=false" -> "frf"
+        entries[f"hrlf [no-{term}]"] = row
+    full_paper = paper.rows[0].values["Avg"]
+    studies = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
+    lines = ["| entry | paper: Avg F1 (Δ) | " + " | ".join(s.removeprefix("hrlf-") for s in studies) + " |",
+             "|---" * (len(studies) + 2) + "|"]
+    boards = {}
+    for s in studies:
+        table = hrlf_boards(s)[0]
+        boards[s] = table[(table["protocol"] == "modality-missing") & (table["condition"] == "Avg")].set_index("method")
+    for entry, row in entries.items():
+        value = row.values["Avg"]
+        cells = [f"{value:.2f}" + ("" if entry == "hrlf" else f" ({value - full_paper:+.2f})")]
+        for s in studies:
+            avg = boards[s]
+            if entry not in avg.index:
+                cells.append("—")
+                continue
+            r, full = avg.loc[entry], avg.loc["hrlf", "mean"]
+            text = f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f}"
+            if entry != "hrlf":
+                p_text = "no seed differs" if pd.isna(r["p_value"]) else f"p = {r['p_value']:.2g}"
+                text += f" ({100 * (r['mean'] - full):+.1f}; {p_text})"
+            cells.append(text)
+        lines.append(f"| {row.method} (`{entry}`) | " + " | ".join(cells) + " |")
+    lines += ["", f"*Paper: {paper.citation}, {paper.features}. Ours: test Non0_F1 (synthetic-iemocap: Mean_F1) × 100, "
+                  "modality-missing Avg over the six missing conditions, mean ± std over seeds; Δ = entry − full "
+                  "HRLF; p = paired test by seed against full HRLF (raw; Holm over the column in the study "
+                  "tables).*"]
     return "\n".join(lines)
 
 
@@ -259,9 +308,10 @@ def main() -> None:
     fill(HERE / "baselines.md", {**{f"baselines-{s}": baselines_table(s) for s in present if s != "synthetic-iemocap"},
                                  "budget-synthetic-mosi": budget_table("synthetic-mosi")})
     hrlf = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
-    fill(HERE / "hrlf.md", {f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_COLUMNS})
+    fill(HERE / "hrlf.md", {**{f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_COLUMNS},
+                            "hrlf-ablation": ablation_table()})
     fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
-                              for s in hrlf if s != "hrlf-mosi-utterance-bert" for p in HRLF_COLUMNS})
+                              for s in hrlf if s.startswith("hrlf-synthetic") for p in HRLF_COLUMNS})
     print("filled", ", ".join(present + hrlf))
 
 

@@ -12,3 +12,8 @@ R=(msabench run --quiet --workers 2 --threads 1 --seeds 1111,1112,1113,1114,1115
 "${R[@]}" --method hrlf,mmin
 "${R[@]}" --method hrlf --tag no-distill --set hmi=false --set hal=false --set kl=false
 "${R[@]}" --method hrlf --tag lhal01 --set lambda_hal=0.1
+# tenth session: HRLF's three ablations, both protocols (two workers, one thread each)
+for P in modality-missing random-missing; do
+  R=(msabench run --quiet --workers 2 --threads 1 --seeds 1111,1112,1113,1114,1115 --out results/hrlf/runs-mosi-utterance-bert --dataset $D --protocol $P --no-report)
+  for x in frf hmi hal; do "${R[@]}" --method hrlf --tag no-$x --set $x=false; done
+done
