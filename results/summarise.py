@@ -169,7 +169,10 @@ HRLF_STUDIES = {
                                  "real CMU-MOSI, token level (mosi_utterance_bert.pkl), default epochs"),
     "hrlf-synthetic-mosi": (["hrlf/runs-synthetic-mosi-5seeds"], "synthetic-mosi, 6 epochs per stage"),
     "hrlf-synthetic-iemocap": (["hrlf/runs-synthetic-iemocap-5seeds"], "synthetic-iemocap, 6 epochs per stage"),
+    "hrlf-synthetic-mosi-default-epochs": (["hrlf/runs-synthetic-mosi-default-epochs"],
+                                           "synthetic-mosi, default epochs (50 per stage, patience 8)"),
 }
+HRLF_PROTOCOLS = {"hrlf-synthetic-mosi-default-epochs": ["modality-missing"]}  # the others: both
 HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [no-frf]", "hrlf [no-hmi]", "hrlf [no-hal]", "hrlf [lhal01]", "corrkd",
               "corrkd [no-distill]", "corrkd [teacher]", "mmin"]
 HRLF_COLUMNS = {"modality-missing": ["Avg", "{l,a,v}"], "random-missing": ["Mean", "LNLN-Avg", "0.0"]}
@@ -182,13 +185,16 @@ def hrlf_rows(dirs: list[str]) -> pd.DataFrame:
 
 
 @functools.cache
-def hrlf_boards(study: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """An HRLF study's headline leaderboard against HRLF and against CorrKD (built once per study)."""
+def hrlf_boards(study: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """An HRLF study's headline leaderboard against HRLF and against CorrKD, None without CorrKD rows (built once)."""
     rows = hrlf_rows(HRLF_STUDIES[study][0])
-    return headline(rows, "hrlf"), headline(rows, "corrkd")
+    has_corrkd = ((rows["method"] == "corrkd") & (rows["tag"] == "")).any()
+    return headline(rows, "hrlf"), headline(rows, "corrkd") if has_corrkd else None
 
 
-def p_cell(table: pd.DataFrame, entry: str, protocol: str, column: str) -> str:
+def p_cell(table: pd.DataFrame | None, entry: str, protocol: str, column: str) -> str:
+    if table is None:
+        return "—"
     row = table[(table["method"] == entry) & (table["protocol"] == protocol) & (table["condition"] == column)]
     if row.empty or row.iloc[0]["test"] == "reference" or pd.isna(row.iloc[0]["p_value"]):
         return "—"
@@ -308,10 +314,11 @@ def main() -> None:
     fill(HERE / "baselines.md", {**{f"baselines-{s}": baselines_table(s) for s in present if s != "synthetic-iemocap"},
                                  "budget-synthetic-mosi": budget_table("synthetic-mosi")})
     hrlf = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
-    fill(HERE / "hrlf.md", {**{f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_COLUMNS},
+    fill(HERE / "hrlf.md", {**{f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_PROTOCOLS.get(s, HRLF_COLUMNS)},
                             "hrlf-ablation": ablation_table()})
     fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
-                              for s in hrlf if s.startswith("hrlf-synthetic") for p in HRLF_COLUMNS})
+                              for s in hrlf if s in ("hrlf-synthetic-mosi", "hrlf-synthetic-iemocap")
+                              for p in HRLF_COLUMNS})
     print("filled", ", ".join(present + hrlf))
 
 
