@@ -178,6 +178,11 @@ HRLF_ORDER = ["hrlf", "hrlf [no-distill]", "hrlf [no-frf]", "hrlf [no-hmi]", "hr
 HRLF_COLUMNS = {"modality-missing": ["Avg", "{l,a,v}"], "random-missing": ["Mean", "LNLN-Avg", "0.0"]}
 
 
+def hrlf_present() -> list[str]:
+    """The HRLF studies whose run directories are all here."""
+    return [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
+
+
 def hrlf_rows(dirs: list[str]) -> pd.DataFrame:
     rows = read_rows([HERE / d for d in dirs])
     rows.loc[(rows["method"] == "corrkd") & (rows["tag"] == "distill"), "tag"] = ""
@@ -232,7 +237,7 @@ def ablation_table() -> str:
         term = row.ours.split("--set ")[1].split("=")[0]   # "hrlf --set frf=false" -> "frf"
         entries[f"hrlf [no-{term}]"] = row
     full_paper = paper.rows[0].values["Avg"]
-    studies = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
+    studies = hrlf_present()
     lines = ["| entry | paper: Avg F1 (Δ) | " + " | ".join(s.removeprefix("hrlf-") for s in studies) + " |",
              "|---" * (len(studies) + 2) + "|"]
     boards = {}
@@ -264,10 +269,9 @@ def ablation_table() -> str:
 def target_table(dirs: list[str], protocol: str) -> str:
     """Issue #22's target per column: the default CorrKD's worst seed against its no-distillation student's worst.
 
-    Summaries per seed: modality-missing Avg = mean of the six missing conditions; random-missing Mean = mean over
-    r = 0.0 ... 1.0 and LNLN-Avg = mean over r = 0.0 ... 0.9.
+    Summaries per seed as the protocol defines them (modality-missing Avg; random-missing LNLN-Avg and Mean).
     """
-    from msabench.leaderboard import seed_scores
+    from msabench.leaderboard import protocol_layout, seed_scores
 
     rows = read_rows([HERE / d for d in dirs])
     rows = rows[(rows["method"] == "corrkd") & (rows["protocol"] == protocol)]
@@ -277,13 +281,9 @@ def target_table(dirs: list[str], protocol: str) -> str:
                                                                              else None))
     wide = seeds.dropna(subset=["side"]).pivot_table(index=["side", "seed"], columns="condition", values="value")
     order = list(dict.fromkeys(seeds["condition"]))
-    if protocol == "modality-missing":
-        wide["Avg"] = wide[[c for c in order if c != "{l,a,v}"]].mean(axis=1)
-        order.append("Avg")
-    else:
-        wide["LNLN-Avg"] = wide[[c for c in order if c != "1.0"]].mean(axis=1)
-        wide["Mean"] = wide[[c for c in order if c != "LNLN-Avg"]].mean(axis=1)
-        order += ["LNLN-Avg", "Mean"]
+    for name, members in protocol_layout(protocol, None, order).summaries.items():
+        wide[name] = wide[members].mean(axis=1)
+        order.append(name)
     lines = ["| column | default min | default mean | nd min | nd mean | margin | |", "|---|---|---|---|---|---|---|"]
     passed = 0
     for c in order:
@@ -313,7 +313,7 @@ def main() -> None:
     fill(HERE / "corrkd.md", {**{f"corrkd-{s}": corrkd_table(s) for s in present}, "corrkd-paper": paper_table()})
     fill(HERE / "baselines.md", {**{f"baselines-{s}": baselines_table(s) for s in present if s != "synthetic-iemocap"},
                                  "budget-synthetic-mosi": budget_table("synthetic-mosi")})
-    hrlf = [s for s, (dirs, _) in HRLF_STUDIES.items() if all((HERE / d / "runs").is_dir() for d in dirs)]
+    hrlf = hrlf_present()
     fill(HERE / "hrlf.md", {**{f"{s}-{p}": hrlf_table(s, p) for s in hrlf for p in HRLF_PROTOCOLS.get(s, HRLF_COLUMNS)},
                             "hrlf-ablation": ablation_table()})
     fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
