@@ -1,4 +1,4 @@
-"""Fill the generated tables of results/corrkd.md and results/baselines.md from the studies' stored runs.
+"""Fill the generated tables of the write-ups in results/ from the studies' stored runs.
 
 Usage: ``python results/summarise.py`` (no training; run after new runs are stored). Each table sits between
 ``<!-- generated:NAME -->`` and ``<!-- /generated -->`` in those files; the text around it is left alone, so the
@@ -298,6 +298,59 @@ def target_table(dirs: list[str], protocol: str) -> str:
     return "\n".join(lines)
 
 
+TEXT_METHODS = ["late-fusion", "self-mm", "misa", "dmd"]
+TEXT_MODES = ["features", "frozen", "finetune"]  # tags of results/mosi-utterance-text
+TEXT_COLUMNS = {"modality-missing": ["Avg", "{l}", "{l,a,v}"], "random-missing": ["LNLN-Avg", "Mean", "0.0"]}
+
+
+def epochs_run(study: str) -> pd.DataFrame:
+    """Per run: method, tag, protocol, epochs trained and the best epoch on validation (from run.json)."""
+    import json
+
+    out = []
+    for f in sorted((HERE / study / "runs").glob("*/run.json")):
+        run = json.loads(f.read_text())
+        curve = run.get("training_curve") or []
+        best = max(range(len(curve)), key=lambda i: curve[i]["valid_score"]) + 1 if curve else 0
+        out.append({"method": run["method"], "tag": run["tag"], "protocol": run["protocol"], "run": len(curve),
+                    "best": best})
+    return pd.DataFrame(out)
+
+
+def text_table(protocol: str, study: str = "mosi-utterance-text") -> str:
+    """Issue #16: each method with the file's text features, the frozen encoder and the fine-tuned one.
+
+    p: paired test by seed against the same method with ``features`` (Holm over frozen and fine-tuned).
+    """
+    rows = read_rows([HERE / study])
+    rows = rows[rows["protocol"] == protocol]
+    epochs = epochs_run(study)
+    columns = TEXT_COLUMNS[protocol]
+    compared = [columns[0], columns[-1]]  # the protocol's summary and complete data
+    lines = ["| method | text | " + " | ".join(columns) + "".join(f" | Δ {c} | p {c}" for c in compared)
+             + " | epochs run (best) |", "|---" * (len(columns) + 3 + 2 * len(compared)) + "|"]
+    for m in [m for m in TEXT_METHODS if m in set(rows["method"])]:
+        table = headline(rows[rows["method"] == m], f"{m} [features]")
+        for mode in TEXT_MODES:
+            entry = f"{m} [{mode}]"
+            if entry not in set(table["method"]):
+                continue
+            cells = [cell(table, entry, protocol, c, with_p=False) for c in columns]
+            for c in compared:
+                mine = table[(table["method"] == entry) & (table["condition"] == c)].iloc[0]
+                ref = table[(table["method"] == f"{m} [features]") & (table["condition"] == c)].iloc[0]
+                cells += ["—" if mode == "features" else f"{mine['mean'] - ref['mean']:+.3f}",
+                          p_cell(table, entry, protocol, c)]
+            e = epochs[(epochs["method"] == m) & (epochs["tag"] == mode) & (epochs["protocol"] == protocol)]
+            span = f"{e['run'].min()}–{e['run'].max()} ({e['best'].min()}–{e['best'].max()})" if len(e) else "—"
+            lines.append(f"| {m} | {mode} | " + " | ".join(cells) + f" | {span} |")
+    metric = table["metric"].iloc[0]
+    lines += ["", f"*Real CMU-MOSI (BERT layout), {protocol}, test {metric}: mean ± std (seeds); Δ and p against the "
+                  f"same method with the file's text features, paired by seed, raw / Holm over frozen and fine-tuned; "
+                  f"† Holm p < 0.05; epochs run and best validation epoch, min–max over seeds (cap 30, patience 8).*"]
+    return "\n".join(lines)
+
+
 def fill(path: Path, tables: dict[str, str]) -> None:
     text = path.read_text()
     for name, body in tables.items():
@@ -319,6 +372,8 @@ def main() -> None:
     fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
                               for s in hrlf if s in ("hrlf-synthetic-mosi", "hrlf-synthetic-iemocap")
                               for p in HRLF_COLUMNS})
+    if (HERE / "mosi-utterance-text" / "runs").is_dir():
+        fill(HERE / "mosi-utterance-text" / "README.md", {f"text-{p}": text_table(p) for p in TEXT_COLUMNS})
     print("filled", ", ".join(present + hrlf))
 
 
