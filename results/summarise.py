@@ -329,7 +329,8 @@ def text_table(protocol: str, study: str = "mosi-utterance-text") -> str:
     compared = [columns[0], columns[-1]]  # the protocol's summary and complete data
     lines = ["| method | text | " + " | ".join(columns) + "".join(f" | Δ {c} | p {c}" for c in compared)
              + " | epochs run (best) |", "|---" * (len(columns) + 3 + 2 * len(compared)) + "|"]
-    for m in [m for m in TEXT_METHODS if m in set(rows["method"])]:
+    complete = rows.groupby("method")["tag"].unique().map(lambda tags: {"features", *TEXT_MODES[1:]} & set(tags))
+    for m in [m for m in TEXT_METHODS if m in complete and "features" in complete[m] and len(complete[m]) > 1]:
         table = headline(rows[rows["method"] == m], f"{m} [features]")
         for mode in TEXT_MODES:
             entry = f"{m} [{mode}]"
@@ -344,7 +345,7 @@ def text_table(protocol: str, study: str = "mosi-utterance-text") -> str:
             e = epochs[(epochs["method"] == m) & (epochs["tag"] == mode) & (epochs["protocol"] == protocol)]
             span = f"{e['run'].min()}–{e['run'].max()} ({e['best'].min()}–{e['best'].max()})" if len(e) else "—"
             lines.append(f"| {m} | {mode} | " + " | ".join(cells) + f" | {span} |")
-    metric = table["metric"].iloc[0]
+    metric = next(m for m in PRIMARY_METRICS if m in set(rows["metric"]))
     lines += ["", f"*Real CMU-MOSI (BERT layout), {protocol}, test {metric}: mean ± std (seeds); Δ and p against the "
                   f"same method with the file's text features, paired by seed, raw / Holm over frozen and fine-tuned; "
                   f"† Holm p < 0.05; epochs run and best validation epoch, min–max over seeds (cap 30, patience 8).*"]
