@@ -1,9 +1,14 @@
-"""The teacher/student stage shared by the distillation methods (CorrKD, HRLF).
+"""The teacher/student stage shared by the distillation methods (CorrKD, HRLF, MMIN).
 
 A teacher of the method's own network trains on complete data and is selected on the complete validation split; it
 is cached per run grid under ``OUT/cache/<method>-teacher/`` (it depends on neither the protocol nor the
 distillation settings); it is frozen; its outputs on the complete train split are computed once and looked up by
 ``batch.index`` during the student's training. A method file keeps only its networks and losses.
+
+With a fine-tuned pretrained text encoder (``text_finetune=true``) the teacher fine-tunes its own copy of the
+encoder (saved in its cache entry) and computes its outputs with it; the student gets a fresh copy of the pretrained
+weights (or of the teacher's, see :func:`student_text_encoder`) and fine-tunes that. A frozen encoder is one
+module shared by both stages.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from msabench import text_encoder as _text
 from msabench.data.base import Split
 from msabench.method import FitContext
 from msabench.params import params_hash
@@ -91,8 +97,32 @@ def teacher_cache_path(method: TorchMethod, context: FitContext, teacher_params:
         "torch": torch.__version__,
         "code": code.hexdigest(),
     }
+    if getattr(method, "text_encoder", _text.FEATURES) != _text.FEATURES:  # features runs keep their keys
+        encoder = method.text_encoder_module_
+        ident["text"] = {"encoder": encoder.identity, "finetune": encoder.finetune,
+                         "text_lr": float(method.text_lr)}
     name = method.name or type(method).__name__.lower()
     return Path(context.cache_dir) / f"{name}-teacher" / f"{params_hash(ident)}.pt"
+
+
+def student_text_encoder(method: TorchMethod, train: Split, teacher: nn.Module | None = None) -> None:
+    """Give the student stage its own fine-tuned text encoder: a fresh copy of the pretrained weights, or of the
+    ``teacher``'s fine-tuned encoder when given (MMIN initialises its student from the teacher). Without an encoder,
+    or with a frozen one (shared by both stages), nothing changes. Call after :func:`freeze` and before building the
+    student, so that the student's network registers the new encoder."""
+    encoder = getattr(method, "text_encoder_module_", None)
+    if encoder is None or not encoder.finetune:
+        return
+    fresh = _text.begin_fit(method, train)
+    source = text_encoder_of(teacher) if teacher is not None else None
+    if source is not None:
+        fresh.model.load_state_dict(source.model.state_dict())
+    method.text_encoder_module_ = fresh
+
+
+def text_encoder_of(model: nn.Module) -> "_text.TextEncoder | None":
+    """The fine-tuned text encoder registered in ``model`` (see :func:`msabench.text_encoder.wrap_build`), or None."""
+    return next((m for m in model.modules() if isinstance(m, _text.TextEncoder)), None)
 
 
 def freeze(teacher: nn.Module) -> nn.Module:
@@ -112,6 +142,9 @@ def teacher_outputs(method: TorchMethod, teacher: nn.Module, train: Split,
     tensors indexed by sample: the values a per-batch teacher pass in eval mode gives, computed once."""
     keys = list(keys)
     full = method.prepare(train)
+    own = text_encoder_of(teacher)
+    if own is not None:  # a fine-tuned teacher encodes the text with its own encoder, whatever the method holds now
+        full = replace(full, encode=own.encode_batch)
     full_mask = full.split.padding_mask()
     was_training = teacher.training
     teacher.eval()

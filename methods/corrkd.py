@@ -310,6 +310,7 @@ class CorrKD(TorchMethod):
             return self
 
         _distill.freeze(teacher)
+        _distill.student_text_encoder(self, train)  # a fine-tuned encoder: the student fine-tunes its own copy
 
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(dims, seq_lens, task).to(self.device_)

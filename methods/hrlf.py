@@ -270,6 +270,7 @@ class HRLF(TorchMethod):
             self.model_ = teacher
             return self
         _distill.freeze(teacher)
+        _distill.student_text_encoder(self, train)  # a fine-tuned encoder: the student fine-tunes its own copy
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
         critics = HRLFCritics(student.scale_widths, self.mi_hidden, self.disc_hidden).to(self.device_)

@@ -30,7 +30,9 @@ tokens change the ids and are encoded (once each). A fine-tuned encoder uses the
 (every training step and every restore of a saved state clear it): within one validation pass and across the
 evaluation conditions after fitting, text that a condition leaves unchanged is encoded once.
 
-Open choices: CorrKD-style methods that build a teacher and a student in one fit share the one encoder of the fit.
+Teacher/student methods (CorrKD, HRLF, MMIN; ``methods/_distill.py``): a frozen encoder is shared by both stages; a
+fine-tuned one is fine-tuned by the teacher, which keeps it, and the student fine-tunes its own fresh copy of the
+pretrained weights (MMIN: of the teacher's, as it initialises its student's encoders from the teacher).
 """
 from __future__ import annotations
 

@@ -280,3 +280,87 @@ def test_check_method_with_tiny_encoder(tiny_bert, name):
     if not issubclass(cls, TorchMethod):
         pytest.skip(f"{name} is not a TorchMethod")
     check_method(cls, {"text_encoder": tiny_bert, "text_finetune": True, "batch_size": 16})
+
+
+# teacher/student methods: each stage fine-tunes its own encoder ---------------------------------------------------
+def _fit_capturing_teacher(name, ds, monkeypatch, cache_dir=None, **params):
+    """Fit ``name`` with a fine-tuned tiny encoder; return (method, teacher) (the teacher as frozen)."""
+    from msabench.methods import _distill
+
+    seen = {}
+    freeze = _distill.freeze
+
+    def capture(teacher):
+        seen["teacher"] = teacher
+        return freeze(teacher)
+
+    monkeypatch.setattr(_distill, "freeze", capture)
+    proto = PROTOCOLS.get("modality-missing")()
+    ctx = FitContext(task=ds.task, seed=5, valid_masks=proto.masks(ds.valid, ds.fingerprint, ["{l,a,v}"]),
+                     dataset_fingerprint=ds.fingerprint, cache_dir=None if cache_dir is None else str(cache_dir))
+    method = METHODS.get(name)(**{"text_finetune": True, "epochs": 2, "text_lr": 1e-2, "batch_size": 16, **params})
+    method.fit(ds.train, ds.valid, proto.training_schedule(ds.train, 5, ds.fingerprint), ctx)
+    return method, seen["teacher"]
+
+
+def _differs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("name", ["corrkd", "hrlf", "mmin"])
+def test_student_fine_tunes_its_own_encoder(tiny_bert, name, monkeypatch):
+    from msabench.methods._distill import text_encoder_of
+
+    torch.set_num_threads(1)
+    ds = tokens_set()
+    pristine, _ = te.load_pretrained(tiny_bert)
+    method, teacher = _fit_capturing_teacher(name, ds, monkeypatch, text_encoder=tiny_bert)
+    t_enc, s_enc = text_encoder_of(teacher), method.text_encoder_module_
+    assert t_enc is not None and s_enc is not t_enc
+    assert text_encoder_of(method.model_) is s_enc  # registered (saved, restored) with the student
+    assert all(p.requires_grad for p in s_enc.model.parameters())
+    assert not any(p.requires_grad for p in t_enc.model.parameters())  # the teacher stays frozen
+    assert _differs(t_enc.model, pristine)  # the teacher fine-tuned its copy
+    assert _differs(s_enc.model, pristine) and _differs(s_enc.model, t_enc.model)  # and the student its own
+
+
+def test_teacher_outputs_come_from_the_teachers_encoder(tiny_bert, monkeypatch):
+    from msabench.methods import _distill
+
+    torch.set_num_threads(1)
+    ds = tokens_set()
+    method, teacher = _fit_capturing_teacher("corrkd", ds, monkeypatch, text_encoder=tiny_bert)
+    got = _distill.teacher_outputs(method, teacher, ds.train, ("logits",))["logits"]
+    full = ds.train.padding_mask()
+    everything = torch.arange(len(ds.train))
+
+    def manual(encoder):
+        prepared = method.prepare(ds.train)
+        prepared.encode = encoder.encode_batch
+        with torch.no_grad():
+            return teacher(prepared.masked_batch(full, everything))["logits"]
+
+    torch.testing.assert_close(got, manual(_distill.text_encoder_of(teacher)))
+    assert not torch.allclose(got, manual(method.text_encoder_module_))  # the student's encoder gives other values
+
+
+def test_cached_fine_tuned_teacher_gives_the_same_student(tiny_bert, monkeypatch, tmp_path):
+    from msabench.methods._distill import teacher_cache_path
+
+    torch.set_num_threads(1)
+    ds = tokens_set()
+    first, _ = _fit_capturing_teacher("corrkd", ds, monkeypatch, cache_dir=tmp_path, text_encoder=tiny_bert)
+    again, _ = _fit_capturing_teacher("corrkd", ds, monkeypatch, cache_dir=tmp_path, text_encoder=tiny_bert)
+    assert first.teacher_source_ == "trained" and again.teacher_source_.startswith("cache:")
+    full = ds.test.padding_mask()
+    np.testing.assert_array_equal(again.predict(ds.test, full), first.predict(ds.test, full))
+    # a frozen-encoder or features teacher never answers for a fine-tuned one
+    ctx = FitContext(task=ds.task, seed=5, dataset_fingerprint=ds.fingerprint, cache_dir=str(tmp_path))
+    from msabench.methods.corrkd import TEACHER_PARAMS
+
+    paths = set()
+    for params in ({"text_encoder": tiny_bert, "text_finetune": True}, {"text_encoder": tiny_bert,
+                   "text_finetune": False}, {}):
+        m = started(METHODS.get("corrkd")(**params), ds)
+        paths.add(teacher_cache_path(m, ctx, TEACHER_PARAMS))
+    assert len(paths) == 3
