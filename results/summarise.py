@@ -304,17 +304,29 @@ TEXT_COLUMNS = {"modality-missing": ["Avg", "{l}", "{l,a,v}"], "random-missing":
 
 
 def epochs_run(study: str) -> pd.DataFrame:
-    """Per run: method, tag, protocol, epochs trained and the best epoch on validation (from run.json)."""
+    """Per run and training stage (teacher/student; "" for single-stage methods): method, tag, protocol, epochs
+    trained and the best epoch on validation (from run.json)."""
     import json
 
     out = []
     for f in sorted((HERE / study / "runs").glob("*/run.json")):
         run = json.loads(f.read_text())
         curve = run.get("training_curve") or []
-        best = max(range(len(curve)), key=lambda i: curve[i]["valid_score"]) + 1 if curve else 0
-        out.append({"method": run["method"], "tag": run["tag"], "protocol": run["protocol"], "run": len(curve),
-                    "best": best})
+        for stage in dict.fromkeys(e.get("stage", "") for e in curve) or [""]:
+            part = [e for e in curve if e.get("stage", "") == stage]
+            best = max(range(len(part)), key=lambda i: part[i]["valid_score"]) + 1 if part else 0
+            out.append({"method": run["method"], "tag": run["tag"], "protocol": run["protocol"], "stage": stage,
+                        "run": len(part), "best": best})
     return pd.DataFrame(out)
+
+
+def epoch_span(e: pd.DataFrame) -> str:
+    """'run min–max (best min–max)' over runs, per stage when the runs have stages."""
+    parts = []
+    for stage, g in e.groupby("stage", sort=False):
+        parts.append((f"{stage} " if stage else "") + f"{g['run'].min()}–{g['run'].max()} "
+                     f"({g['best'].min()}–{g['best'].max()})")
+    return "; ".join(parts) if parts else "—"
 
 
 def text_table(protocol: str, study: str = "mosi-utterance-text") -> str:
@@ -342,13 +354,102 @@ def text_table(protocol: str, study: str = "mosi-utterance-text") -> str:
                 ref = table[(table["method"] == f"{m} [features]") & (table["condition"] == c)].iloc[0]
                 cells += ["—" if mode == "features" else f"{mine['mean'] - ref['mean']:+.3f}",
                           p_cell(table, entry, protocol, c)]
-            e = epochs[(epochs["method"] == m) & (epochs["tag"] == mode) & (epochs["protocol"] == protocol)]
-            span = f"{e['run'].min()}–{e['run'].max()} ({e['best'].min()}–{e['best'].max()})" if len(e) else "—"
+            span = epoch_span(epochs[(epochs["method"] == m) & (epochs["tag"] == mode)
+                                     & (epochs["protocol"] == protocol)])
             lines.append(f"| {m} | {mode} | " + " | ".join(cells) + f" | {span} |")
     metric = next(m for m in PRIMARY_METRICS if m in set(rows["metric"]))
     lines += ["", f"*Real CMU-MOSI (BERT layout), {protocol}, test {metric}: mean ± std (seeds); Δ and p against the "
                   f"same method with the file's text features, paired by seed, raw / Holm over frozen and fine-tuned; "
                   f"† Holm p < 0.05; epochs run and best validation epoch, min–max over seeds (cap 30, patience 8).*"]
+    return "\n".join(lines)
+
+
+TOKEN_STUDIES = {"features": "corrkd-token-mosi", "finetune": "corrkd-token-mosi-finetune"}  # text mode -> study
+TOKEN_COLUMNS = {"modality-missing": ["Avg", "{l}", "{a}", "{l,a,v}"],
+                 "random-missing": ["LNLN-Avg", "Mean", "0.0", "0.5"]}
+
+
+def token_table(protocol: str) -> str:
+    """Issue #22, token-level MOSI: CorrKD (distill) vs its no-distillation student vs the teacher, with the file's
+    token features and with the fine-tuned encoder; p against distill with the same text, paired by seed."""
+    columns = TOKEN_COLUMNS[protocol]
+    head = columns[0]
+    lines = ["| text | entry | " + " | ".join(columns) + f" | p vs distill ({head}) | epochs run (best) |",
+             "|---" * (len(columns) + 4) + "|"]
+    metric = ""
+    for mode, study in TOKEN_STUDIES.items():
+        if not (HERE / study / "runs").is_dir():
+            continue
+        rows = read_rows([HERE / study])
+        rows = rows[(rows["protocol"] == protocol) & (rows["method"] == "corrkd")]
+        table = headline(rows, "corrkd [distill]")
+        metric = table["metric"].iloc[0]
+        epochs = epochs_run(study)
+        for tag in ("distill", "no-distill", "teacher"):
+            entry = f"corrkd [{tag}]"
+            cells = [cell(table, entry, protocol, c, with_p=False) for c in columns]
+            span = epoch_span(epochs[(epochs["tag"] == tag) & (epochs["protocol"] == protocol)])
+            lines.append(f"| {mode} | {tag} | " + " | ".join(cells) + f" | {p_cell(table, entry, protocol, head)} "
+                         f"| {span} |")
+    lines += ["", f"*Real CMU-MOSI (`mosi_utterance_bert.pkl`), {protocol}, test {metric}: mean ± std (seeds); "
+                  "features: the file's frozen contextual MiniLM token states; finetune: all-MiniLM-L6-v2 fine-tuned "
+                  "by each stage, dropped tokens -> [UNK]; p = paired test by seed against distill with the same "
+                  "text, raw / Holm over the two entries; † Holm p < 0.05; epochs run and best validation epoch "
+                  "per stage, min–max over seeds (cap 50, patience 8; a cached teacher's curve is the one it "
+                  "was trained with).*"]
+    return "\n".join(lines)
+
+
+TUNING_STUDIES = {"corrkd-tuning-mosi": ("mosi-mm-distill", "mosi-mm-nodistill"),
+                  "corrkd-tuning-synthetic-mosi": ("smosi-mm-distill", "smosi-mm-nodistill")}
+TUNED_KNOBS = ("lr", "dropout", "eta", "lambda_scd", "lambda_cpd", "lambda_rcd", "tau", "distill_scale",
+               "student_recipe")
+
+
+def tuning_table(study: str) -> str:
+    """Issue #22's equal-budget tuning: each Optuna study's trials and best configuration, then the five final seeds
+    of each best configuration on the test split (CorrKD against its no-distillation student, paired by seed)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{HERE / study / 'optuna.db'}"
+    names = TUNING_STUDIES[study]
+    lines = ["| study | complete / pruned trials | best validation score | best configuration |", "|---|---|---|---|"]
+    for name in names:
+        st = optuna.load_study(study_name=f"{name}-corrkd", storage=storage)
+        states = [t.state for t in st.trials]
+        best = st.best_trial
+        shown = TUNED_KNOBS if name == names[0] else ("lr", "dropout", "student_recipe")  # the rest: no effect
+        knobs = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in best.params.items() if k in shown)
+        lines.append(f"| {name} | {states.count(optuna.trial.TrialState.COMPLETE)} / "
+                     f"{states.count(optuna.trial.TrialState.PRUNED)} | {best.value:.4f} | {knobs} |")
+    from msabench.leaderboard import protocol_layout, seed_scores
+    from msabench.stats import holm, paired_test
+
+    rows = read_rows([HERE / study])
+    metric = next(m for m in PRIMARY_METRICS if m in set(rows["metric"]))
+    protocol = rows["protocol"].iloc[0]
+    seeds = seed_scores(rows, [metric], "test")
+    wide = seeds.pivot_table(index=["tag", "seed"], columns="condition", values="value")
+    order = list(dict.fromkeys(seeds["condition"]))
+    for summary, members in protocol_layout(protocol, None, order).summaries.items():
+        wide[summary] = wide[members].mean(axis=1)
+        order.append(summary)
+    a, b = (wide.loc[f"{n}-corrkd"] for n in names)
+    common = a.index.intersection(b.index)
+    p_raw = [paired_test(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy()).p_value for c in order]
+    p_holm = holm(p_raw)
+    lines += ["", "| condition | CorrKD tuned | no-distill tuned | difference | p (raw / Holm) | worst seed: CorrKD / "
+                  "no-distill |", "|---|---|---|---|---|---|"]
+    for c, p, ph in zip(order, p_raw, p_holm):
+        lines.append(f"| {c} | {a[c].mean():.4f} ± {a[c].std():.4f} | {b[c].mean():.4f} ± {b[c].std():.4f} | "
+                     f"{a[c].mean() - b[c].mean():+.4f} | {p:.2g} / {ph:.2g}{' †' if ph < 0.05 else ''} | "
+                     f"{a[c].min():.4f} / {b[c].min():.4f} |")
+    lines += ["", f"*{protocol}, test {metric} of the final seeds of each best configuration (CorrKD {len(a)}, "
+                  f"no-distill {len(b)}): mean ± std; difference = CorrKD − no-distill; p = paired test by seed, raw "
+                  f"/ Holm over the {len(order)} rows; † Holm p < 0.05. Trials were scored on the validation split "
+                  "only. For the no-distillation study only lr, dropout and student_recipe have an effect.*"]
     return "\n".join(lines)
 
 
@@ -373,6 +474,12 @@ def main() -> None:
     fill(HERE / "corrkd.md", {f"target-{s}-{p}": target_table(HRLF_STUDIES[s][0], p)
                               for s in hrlf if s in ("hrlf-synthetic-mosi", "hrlf-synthetic-iemocap")
                               for p in HRLF_COLUMNS})
+    fill(HERE / "corrkd.md", {f"tuning-{s}": tuning_table(s) for s in TUNING_STUDIES
+                              if (HERE / s / "optuna.db").is_file() and (HERE / s / "runs").is_dir()})
+    if all((HERE / d / "runs").is_dir() for d in TOKEN_STUDIES.values()):
+        fill(HERE / "corrkd.md", {**{f"token-{p}": token_table(p) for p in TOKEN_COLUMNS},
+                                  **{f"target-token-finetune-{p}": target_table([TOKEN_STUDIES["finetune"]], p)
+                                     for p in TOKEN_COLUMNS}})
     if (HERE / "mosi-utterance-text" / "runs").is_dir():
         fill(HERE / "mosi-utterance-text" / "README.md", {f"text-{p}": text_table(p) for p in TEXT_COLUMNS})
     print("filled", ", ".join(present + hrlf))
