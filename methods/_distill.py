@@ -7,7 +7,7 @@ distillation settings); it is frozen; its outputs on the complete train split ar
 
 With a fine-tuned pretrained text encoder (``text_finetune=true``) the teacher fine-tunes its own copy of the
 encoder (saved in its cache entry) and computes its outputs with it; the student gets a fresh copy of the pretrained
-weights (or of the teacher's, see :func:`student_text_encoder`) and fine-tunes that. A frozen encoder is one
+weights (or of the teacher's, see :func:`begin_student`) and fine-tunes that. A frozen encoder is one
 module shared by both stages.
 """
 from __future__ import annotations
@@ -100,21 +100,23 @@ def teacher_cache_path(method: TorchMethod, context: FitContext, teacher_params:
     if getattr(method, "text_encoder", _text.FEATURES) != _text.FEATURES:  # features runs keep their keys
         encoder = method.text_encoder_module_
         ident["text"] = {"encoder": encoder.identity, "finetune": encoder.finetune,
-                         "text_lr": float(method.text_lr)}
+                         "text_lr": float(method.text_lr) if encoder.finetune else None}
     name = method.name or type(method).__name__.lower()
     return Path(context.cache_dir) / f"{name}-teacher" / f"{params_hash(ident)}.pt"
 
 
-def student_text_encoder(method: TorchMethod, train: Split, teacher: nn.Module | None = None) -> None:
-    """Give the student stage its own fine-tuned text encoder: a fresh copy of the pretrained weights, or of the
-    ``teacher``'s fine-tuned encoder when given (MMIN initialises its student from the teacher). Without an encoder,
-    or with a frozen one (shared by both stages), nothing changes. Call after :func:`freeze` and before building the
-    student, so that the student's network registers the new encoder."""
+def begin_student(method: TorchMethod, teacher: nn.Module, train: Split, encoder_from_teacher: bool = False) -> None:
+    """Freeze the teacher (:func:`freeze`) and give the student stage its own fine-tuned text encoder, if the fit has
+    one: a fresh copy of the pretrained weights, or of the teacher's fine-tuned encoder with
+    ``encoder_from_teacher`` (MMIN initialises its student from the teacher). Without an encoder, or with a frozen
+    one (shared by both stages), only the freezing happens. Call before building the student, so that the student's
+    network registers the new encoder."""
+    freeze(teacher)
     encoder = getattr(method, "text_encoder_module_", None)
     if encoder is None or not encoder.finetune:
         return
     fresh = _text.begin_fit(method, train)
-    source = text_encoder_of(teacher) if teacher is not None else None
+    source = text_encoder_of(teacher) if encoder_from_teacher else None
     if source is not None:
         fresh.model.load_state_dict(source.model.state_dict())
     method.text_encoder_module_ = fresh

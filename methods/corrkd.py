@@ -309,8 +309,7 @@ class CorrKD(TorchMethod):
             self.model_ = teacher
             return self
 
-        _distill.freeze(teacher)
-        _distill.student_text_encoder(self, train)  # a fine-tuned encoder: the student fine-tunes its own copy
+        _distill.begin_student(self, teacher, train)  # frozen teacher; a fine-tuned encoder: the student's own copy
 
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(dims, seq_lens, task).to(self.device_)

@@ -269,8 +269,7 @@ class HRLF(TorchMethod):
         if self.predict_with == "teacher":
             self.model_ = teacher
             return self
-        _distill.freeze(teacher)
-        _distill.student_text_encoder(self, train)  # a fine-tuned encoder: the student fine-tunes its own copy
+        _distill.begin_student(self, teacher, train)  # frozen teacher; a fine-tuned encoder: the student's own copy
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(train.dims(), train.seq_lens(), context.task).to(self.device_)
         critics = HRLFCritics(student.scale_widths, self.mi_hidden, self.disc_hidden).to(self.device_)

@@ -242,8 +242,7 @@ class MMIN(TorchMethod):
         if self.predict_with == "teacher":
             self.model_ = teacher
             return self
-        _distill.freeze(teacher)
-        _distill.student_text_encoder(self, train, teacher)  # a fine-tuned encoder: from the teacher's, like encoders
+        _distill.begin_student(self, teacher, train, encoder_from_teacher=True)  # like its encoders: from the teacher
         targets = _distill.teacher_outputs(self, teacher, train, ("embd",))["embd"]
         torch.manual_seed(derive_seed(context.seed, "student-init"))
         student = self.build(dims, train.seq_lens(), context.task).to(self.device_)

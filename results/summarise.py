@@ -266,12 +266,25 @@ def ablation_table() -> str:
     return "\n".join(lines)
 
 
+def per_seed(seeds: pd.DataFrame, by: str, protocol: str) -> tuple[pd.DataFrame, list[str]]:
+    """Per-seed test scores (from :func:`msabench.leaderboard.seed_scores`) as one row per (``by``, seed) and one
+    column per condition, plus the protocol's summaries computed per seed; and the column order."""
+    from msabench.leaderboard import protocol_layout
+
+    wide = seeds.pivot_table(index=[by, "seed"], columns="condition", values="value")
+    order = list(dict.fromkeys(seeds["condition"]))
+    for name, members in protocol_layout(protocol, None, order).summaries.items():
+        wide[name] = wide[members].mean(axis=1)
+        order.append(name)
+    return wide, order
+
+
 def target_table(dirs: list[str], protocol: str) -> str:
     """Issue #22's target per column: the default CorrKD's worst seed against its no-distillation student's worst.
 
     Summaries per seed as the protocol defines them (modality-missing Avg; random-missing LNLN-Avg and Mean).
     """
-    from msabench.leaderboard import protocol_layout, seed_scores
+    from msabench.leaderboard import seed_scores
 
     rows = read_rows([HERE / d for d in dirs])
     rows = rows[(rows["method"] == "corrkd") & (rows["protocol"] == protocol)]
@@ -279,11 +292,7 @@ def target_table(dirs: list[str], protocol: str) -> str:
     seeds = seed_scores(rows, [metric], "test")
     seeds["side"] = seeds["tag"].map(lambda t: "nd" if t == "no-distill" else ("default" if t in ("", "distill")
                                                                              else None))
-    wide = seeds.dropna(subset=["side"]).pivot_table(index=["side", "seed"], columns="condition", values="value")
-    order = list(dict.fromkeys(seeds["condition"]))
-    for name, members in protocol_layout(protocol, None, order).summaries.items():
-        wide[name] = wide[members].mean(axis=1)
-        order.append(name)
+    wide, order = per_seed(seeds.dropna(subset=["side"]), "side", protocol)
     lines = ["| column | default min | default mean | nd min | nd mean | margin | |", "|---|---|---|---|---|---|---|"]
     passed = 0
     for c in order:
@@ -424,18 +433,13 @@ def tuning_table(study: str) -> str:
                           for k, v in best.params.items() if k in shown)
         lines.append(f"| {name} | {states.count(optuna.trial.TrialState.COMPLETE)} / "
                      f"{states.count(optuna.trial.TrialState.PRUNED)} | {best.value:.4f} | {knobs} |")
-    from msabench.leaderboard import protocol_layout, seed_scores
+    from msabench.leaderboard import seed_scores
     from msabench.stats import holm, paired_test
 
     rows = read_rows([HERE / study])
     metric = next(m for m in PRIMARY_METRICS if m in set(rows["metric"]))
     protocol = rows["protocol"].iloc[0]
-    seeds = seed_scores(rows, [metric], "test")
-    wide = seeds.pivot_table(index=["tag", "seed"], columns="condition", values="value")
-    order = list(dict.fromkeys(seeds["condition"]))
-    for summary, members in protocol_layout(protocol, None, order).summaries.items():
-        wide[summary] = wide[members].mean(axis=1)
-        order.append(summary)
+    wide, order = per_seed(seed_scores(rows, [metric], "test"), "tag", protocol)
     a, b = (wide.loc[f"{n}-corrkd"] for n in names)
     common = a.index.intersection(b.index)
     p_raw = [paired_test(a.loc[common, c].to_numpy(), b.loc[common, c].to_numpy()).p_value for c in order]
